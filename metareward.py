@@ -1,0 +1,727 @@
+"""Black-box meta-learning of intrinsic rewards for sparse-reward environments.
+
+Pappalardo, Ramele, Santos (2024), arXiv 2407.21546, read with ../shared/SPEC.md beside it.
+
+An LSTM "reward agent" (RewardNet) watches a fresh PPO agent learn a MetaWorld task from a sparse
+signal and emits an intrinsic reward r^i_t at every step; the inner PPO learns from r^i only.
+The reward agent is itself trained with PPO (truncated BPTT) to maximise the *shaped* return the
+inner agents reach over their lifetimes. One outer update = N lifetimes run in lockstep: the N
+inner agents are independent learners whose parameters are stacked on a leading agent dimension.
+
+    python metareward.py                      # the paper's ML1 door-close experiment
+    python metareward.py --help               # every hyperparameter, with the paper's default
+"""
+import csv
+import math
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import metaworld
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions.normal import Normal
+
+OBS_DIM, ACT_DIM = 39, 4
+RN_INPUT_DIM = OBS_DIM + ACT_DIM + 4  # [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)]
+# Per-step inference runs on 1 thread (tiny ops; more threads fight the env workers for the cores);
+# the inner and outer PPO updates, during which the env workers idle, use all of them.
+UPDATE_THREADS = torch.get_num_threads()
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (task sampling, network initialisation, sampling)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, use CUDA when available (the workload is bound by CPU env stepping)"""
+
+    # Environments (SPEC 1, 8)
+    benchmark: Literal["ML1", "ML10"] = "ML1"
+    """the MetaWorld meta-learning benchmark"""
+    env_name: str = "door-close-v3"
+    """the ML1 task class (ignored for ML10)"""
+    max_episode_steps: int = 500
+    """episode length T (MetaWorld's max_path_length; lower it only for quick tests)"""
+    num_workers: int = 1
+    """worker processes that step the environments (1 = step in this process)"""
+
+    # Meta-training: the outer loop (SPEC 4)
+    num_outer_updates: Optional[int] = None
+    """outer PPO updates (None = the paper's: 500 for ML1, 1500 for ML10)"""
+    lifetimes_per_update: int = 30
+    """N, the meta-batch: lifetimes (distinct train tasks) per outer update"""
+    lifetime_steps: int = 6000
+    """env steps of one lifetime (12 episodes)"""
+    meta_learning_rate: float = 5e-5
+    """Adam learning rate of the reward network"""
+    meta_gamma: float = 0.9
+    """per-episode discount of the outer objective J(phi)"""
+    meta_nsteps: tuple[int, ...] = (2200, 2500, 2800, 3100, 3400, 3700)
+    """horizons n of the n-step meta-advantages A^(n)_t"""
+    meta_nsteps_fallback: tuple[int, ...] = (1, 301, 601, 901, 1201, 1501)
+    """horizons used where no horizon of --meta-nsteps qualifies"""
+    meta_nstep_decay: float = 0.85
+    """weight decay over horizons: A_t = sum_k 0.85^k A^(n_k) / sum_k 0.85^k"""
+    reward_scale: float = 1e-4
+    """r~ = r / (running mean of the class's per-step shaped reward + 1e-7) * reward_scale"""
+    tbptt_len: int = 400
+    """truncated-BPTT chunk length of the outer PPO"""
+    meta_update_epochs: int = 12
+    """epochs of the outer PPO"""
+    meta_clip_coef: float = 0.2
+    """surrogate clipping coefficient of the outer PPO"""
+    meta_ent_coef: Optional[float] = None
+    """entropy coefficient of the outer PPO (None = the paper's: 0.003 for ML1, 0.0005 for ML10)"""
+    meta_vf_coef: float = 0.5
+    """value-loss coefficient of the outer PPO"""
+    meta_max_grad_norm: float = 0.5
+    """gradient-norm clip of the outer PPO"""
+    meta_target_kl: float = 0.01
+    """stop the outer epochs once an epoch's approximate KL exceeds this"""
+    reward_std_scale: float = 0.2
+    """std of the intrinsic reward = reward_std_scale * exp(head(h_t))"""
+
+    # The inner PPO (SPEC 2), re-initialised for every lifetime
+    steps_per_update: int = 2000
+    """env steps per inner PPO update (2 updates per 6000-step lifetime)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the inner agents"""
+    gamma: float = 0.99
+    """discount of the inner agents"""
+    gae_lambda: float = 0.95
+    """GAE lambda of the inner agents"""
+    update_epochs: int = 64
+    """epochs of each inner PPO update"""
+    num_minibatches: int = 16
+    """minibatches per inner epoch"""
+    norm_adv: bool = True
+    """normalise the inner advantages per minibatch"""
+    clip_coef: float = 0.2
+    """surrogate clipping coefficient of the inner PPO"""
+    ent_coef: float = 0.0
+    """entropy coefficient of the inner PPO"""
+    vf_coef: float = 0.5
+    """value-loss coefficient of the inner PPO"""
+    max_grad_norm: float = 0.5
+    """gradient-norm clip of the inner PPO (per agent)"""
+
+    # Outputs
+    save_every: int = 50
+    """save the reward network every this many outer updates (and at the end)"""
+
+
+class ConfigError(ValueError):
+    """Bad input: reported as one line and a non-zero exit, before any work is done."""
+
+
+def check_args(args):
+    """Fill the benchmark-dependent defaults and reject inconsistent settings early."""
+    if args.num_outer_updates is None:
+        args.num_outer_updates = 500 if args.benchmark == "ML1" else 1500
+    if args.meta_ent_coef is None:
+        args.meta_ent_coef = 0.003 if args.benchmark == "ML1" else 0.0005
+    if args.benchmark == "ML1" and args.env_name not in metaworld.ML1.ENV_NAMES:
+        raise ConfigError(f"unknown --env-name {args.env_name!r}; valid: {', '.join(metaworld.ML1.ENV_NAMES)}")
+    for name in ("max_episode_steps", "lifetime_steps", "steps_per_update", "lifetimes_per_update",
+                 "num_outer_updates", "tbptt_len", "num_workers", "update_epochs", "num_minibatches",
+                 "meta_update_epochs", "save_every"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.lifetime_steps % args.steps_per_update:
+        raise ConfigError(f"--lifetime-steps {args.lifetime_steps} is not a multiple of "
+                          f"--steps-per-update {args.steps_per_update}")
+    if args.steps_per_update % args.max_episode_steps:
+        raise ConfigError(f"--steps-per-update {args.steps_per_update} is not a multiple of the episode "
+                          f"length --max-episode-steps {args.max_episode_steps}")
+    if args.lifetime_steps // args.steps_per_update < 2:
+        raise ConfigError("a lifetime needs at least one inner update and a block after it: "
+                          "--lifetime-steps must be at least 2 x --steps-per-update")
+    if args.steps_per_update % args.num_minibatches:
+        raise ConfigError(f"--steps-per-update {args.steps_per_update} is not divisible by "
+                          f"--num-minibatches {args.num_minibatches}")
+    if args.tbptt_len > args.lifetime_steps:
+        raise ConfigError(f"--tbptt-len {args.tbptt_len} is larger than the {args.lifetime_steps} steps "
+                          "the outer PPO replays")
+    for n in args.meta_nsteps + args.meta_nsteps_fallback:
+        if not 0 < n < args.lifetime_steps:
+            raise ConfigError(f"meta n-step horizon {n} must lie in [1, --lifetime-steps)")
+    if args.num_workers > args.lifetimes_per_update:
+        raise ConfigError(f"--num-workers {args.num_workers} exceeds --lifetimes-per-update "
+                          f"{args.lifetimes_per_update}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments (SPEC 1, 8)
+# ---------------------------------------------------------------------------------------------
+def make_benchmark(args):
+    """The MetaWorld benchmark object; its seed fixes the train/test goal positions."""
+    if args.benchmark == "ML1":
+        return metaworld.ML1(args.env_name, seed=args.seed)
+    return metaworld.ML10(seed=args.seed)
+
+
+def sample_tasks(classes, tasks, n, rng):
+    """n distinct tasks for one meta-batch: lifetime i gets class i mod C, distinct goals per class.
+
+    ML1: n distinct goals of the one class; ML10: each of the 10 classes n/10 times."""
+    names = list(classes)
+    by_class = {c: [t for t in tasks if t.env_name == c] for c in names}
+    need = math.ceil(n / len(names))
+    if need > min(len(v) for v in by_class.values()):
+        raise ConfigError(f"--lifetimes-per-update {n} needs {need} distinct tasks per class, but the "
+                          f"benchmark has only {min(len(v) for v in by_class.values())}")
+    perms = {c: rng.permutation(len(by_class[c])) for c in names}
+    return [by_class[names[i % len(names)]][perms[names[i % len(names)]][i // len(names)]] for i in range(n)]
+
+
+def make_env(env_cls, task, max_episode_steps):
+    env = env_cls()
+    env.set_task(task)
+    env.max_path_length = max_episode_steps
+    return env
+
+
+class EnvGroup:
+    """Some of the N environments of a meta-batch, stepped one after another."""
+
+    def __init__(self, classes, max_episode_steps):
+        self.classes, self.max_episode_steps, self.envs = classes, max_episode_steps, []
+
+    def set_tasks(self, tasks):
+        """Give each env its lifetime's task (re-using envs of the right class); return first obs."""
+        old = {}
+        for env in self.envs:
+            old.setdefault(env.__class__, []).append(env)
+        self.envs = []
+        for task in tasks:
+            cls = self.classes[task.env_name]
+            env = old[cls].pop() if old.get(cls) else make_env(cls, task, self.max_episode_steps)
+            env.set_task(task)
+            self.envs.append(env)
+        return np.stack([env.reset()[0] for env in self.envs]).astype(np.float32)
+
+    def step(self, actions):
+        """Step every env; at an episode's end the returned obs is the next episode's first."""
+        obs, rewards, successes = [], [], []
+        for env, action in zip(self.envs, actions):
+            o, r, _, truncated, info = env.step(action)
+            if truncated:  # episodes are exactly max_episode_steps long (SPEC 1)
+                o, _ = env.reset()
+            obs.append(o)
+            rewards.append(r)
+            successes.append(info["success"])
+        return np.stack(obs).astype(np.float32), np.array(rewards, np.float32), np.array(successes) > 0
+
+
+def env_worker(remote, classes, max_episode_steps):
+    group = EnvGroup(classes, max_episode_steps)
+    while True:
+        cmd, data = remote.recv()
+        if cmd == "close":
+            break
+        remote.send(getattr(group, cmd)(data))
+
+
+class LockstepEnvs:
+    """N environments stepped in lockstep, split over `num_workers` processes (1 = in-process)."""
+
+    def __init__(self, classes, n, max_episode_steps, num_workers):
+        self.splits = np.array_split(np.arange(n), num_workers)
+        if num_workers == 1:
+            self.group = EnvGroup(classes, max_episode_steps)
+            return
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.remotes, self.procs = [], []
+        for _ in range(num_workers):
+            remote, child = ctx.Pipe()
+            proc = ctx.Process(target=env_worker, args=(child, classes, max_episode_steps), daemon=True)
+            proc.start()
+            child.close()
+            self.remotes.append(remote)
+            self.procs.append(proc)
+
+    def _call(self, cmd, items):
+        if len(self.splits) == 1:
+            return getattr(self.group, cmd)(items)
+        for remote, idx in zip(self.remotes, self.splits):
+            remote.send((cmd, [items[i] for i in idx] if isinstance(items, list) else items[idx]))
+        results = [remote.recv() for remote in self.remotes]
+        return [np.concatenate(parts) for parts in zip(*results)] if cmd == "step" else np.concatenate(results)
+
+    def set_tasks(self, tasks):
+        return self._call("set_tasks", tasks)
+
+    def step(self, actions):
+        return self._call("step", actions)
+
+    def close(self):
+        for remote, proc in zip(getattr(self, "remotes", []), getattr(self, "procs", [])):
+            remote.send(("close", None))
+            proc.join()
+
+
+def sparse_reward(success, k, solved, episode_len):
+    """SPEC 1: r^e_t = 1 - 0.7 k/T at the first success of an episode (k = 0-based step index),
+    -0.2 at its last step if it never succeeded, 0 otherwise. Returns (r^e_t, solved so far)."""
+    if k == 0:
+        solved = torch.zeros_like(solved)
+    first = success & ~solved
+    solved = solved | success
+    r = torch.where(first, 1.0 - 0.7 * k / episode_len, 0.0)
+    if k == episode_len - 1:
+        r = torch.where(solved, r, -0.2)
+    return r, solved
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class StackedMLP(nn.Module):
+    """N independent tanh MLPs, one per agent: weights (N, in, out), one batched matmul per layer."""
+
+    def __init__(self, n, sizes, out_gain):
+        super().__init__()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            gain = out_gain if i == len(sizes) - 2 else np.sqrt(2)
+            w = torch.empty(n, fan_out, fan_in)
+            for agent in range(n):  # orthogonal init of each agent's (out, in) matrix, as nn.Linear
+                torch.nn.init.orthogonal_(w[agent], gain)
+            self.weights.append(nn.Parameter(w.transpose(1, 2).contiguous()))
+            self.biases.append(nn.Parameter(torch.zeros(n, 1, fan_out)))
+
+    def forward(self, x):  # x: (N, B, in) -> (N, B, out)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < len(self.weights) - 1:
+                x = torch.tanh(x)
+        return x
+
+
+class InnerAgents(nn.Module):
+    """N fresh PPO actor-critics (SPEC 2): 39 -> 64 -> 64 -> (4 | 1), state-independent log-std."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.actor_mean = StackedMLP(n, [OBS_DIM, 64, 64, ACT_DIM], out_gain=0.01)
+        self.critic = StackedMLP(n, [OBS_DIM, 64, 64, 1], out_gain=1.0)
+        self.actor_logstd = nn.Parameter(torch.zeros(n, 1, ACT_DIM))  # log(1.0)
+
+    def get_value(self, obs):
+        return self.critic(obs).squeeze(-1)
+
+    def get_action_and_value(self, obs, action=None):
+        mean = self.actor_mean(obs)
+        probs = Normal(mean, self.actor_logstd.exp().expand_as(mean), validate_args=False)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1), self.get_value(obs)
+
+
+class RewardNet(nn.Module):
+    """The intrinsic-reward agent (SPEC 3): encoder, an LSTM over the whole lifetime, and heads for
+    the mean arctan(.) and std reward_std_scale * exp(.) of r^i_t, and the outer critic V_t."""
+
+    def __init__(self, std_scale=0.2):
+        super().__init__()
+        self.std_scale = std_scale
+        self.fc1 = layer_init(nn.Linear(RN_INPUT_DIM, 124))
+        self.fc2 = layer_init(nn.Linear(128, 28))
+        self.lstm = nn.LSTM(32, 128, batch_first=True)
+        for name, param in self.lstm.named_parameters():
+            if "bias" in name:
+                nn.init.constant_(param, 0)
+            elif "weight" in name:
+                nn.init.orthogonal_(param, 1.0)
+        self.mean_head = nn.Sequential(layer_init(nn.Linear(128, 128)), nn.Tanh(),
+                                       layer_init(nn.Linear(128, 128)), nn.Tanh(),
+                                       layer_init(nn.Linear(128, 1), std=0.01))
+        self.logstd_head = nn.Sequential(layer_init(nn.Linear(128, 128)), nn.Tanh(),
+                                         layer_init(nn.Linear(128, 1), std=0.01))
+        self.critic = nn.Sequential(layer_init(nn.Linear(128, 512)), nn.Tanh(),
+                                    layer_init(nn.Linear(512, 1), std=1.0))
+
+    def initial_state(self, n, device=None):
+        return (torch.zeros(1, n, 128, device=device), torch.zeros(1, n, 128, device=device))
+
+    def forward(self, x, state):
+        """x: (N, S, 47) inputs of S consecutive steps -> mean, std, value (N, S) and the LSTM state."""
+        scalars = x[..., -4:]  # pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1): re-fed after each layer
+        h = torch.cat([torch.relu(self.fc1(x)), scalars], -1)
+        h = torch.cat([torch.relu(self.fc2(h)), scalars], -1)
+        h, state = self.lstm(h, state)
+        mean = torch.atan(self.mean_head(h)).squeeze(-1)
+        std = self.std_scale * torch.exp(self.logstd_head(h)).squeeze(-1)
+        return mean, std, self.critic(h).squeeze(-1), state
+
+
+# ---------------------------------------------------------------------------------------------
+# Inner loop: N independent PPO learners at once (SPEC 2)
+# ---------------------------------------------------------------------------------------------
+def gae(rewards, values, gamma, gae_lambda, episode_len):
+    """GAE over (N, B) batches of whole episodes; every episode's last step is terminal (SPEC 2).
+
+    A_t = sum_{j>=t, same episode} (gamma lambda)^(j-t) delta_j, as one matmul per episode."""
+    n, b = rewards.shape
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
+    next_values[:, episode_len - 1::episode_len] = 0.0  # no bootstrap past an episode's end
+    delta = rewards + gamma * next_values - values
+    k = torch.arange(episode_len, device=rewards.device)
+    decay = torch.tril((gamma * gae_lambda) ** (k[:, None] - k[None, :]).clamp(min=0).double())
+    advantages = (delta.double().view(n, b // episode_len, episode_len) @ decay).view(n, b).float()
+    return advantages, advantages + values
+
+
+def clip_grad_norm_per_agent_(params, max_norm):
+    """torch.nn.utils.clip_grad_norm_ for each agent's slice (the leading dim) separately."""
+    norms = torch.stack([p.grad.pow(2).flatten(1).sum(1) for p in params]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+
+
+def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, returns, perms, args):
+    """One PPO update of every inner agent on its own (N, B) batch. perms: (epochs, N, B), each
+    agent's own minibatch shuffles. The loss is the sum of the agents' mean losses, so that each
+    agent's gradient is exactly its own; gradient norms are clipped per agent."""
+    n, b = advantages.shape
+    mb = b // args.num_minibatches
+    rows = torch.arange(n, device=obs.device)[:, None]
+    params = list(agents.parameters())
+    for epoch in range(args.update_epochs):
+        p = perms[epoch]
+        e_obs, e_act, e_logp, e_adv, e_ret = (x[rows, p] for x in (obs, actions, logprobs, advantages, returns))
+        for start in range(0, b, mb):
+            sl = slice(start, start + mb)
+            _, newlogprob, entropy, newvalue = agents.get_action_and_value(e_obs[:, sl], e_act[:, sl])
+            ratio = (newlogprob - e_logp[:, sl]).exp()
+            mb_adv = e_adv[:, sl]
+            if args.norm_adv:
+                mb_adv = (mb_adv - mb_adv.mean(1, keepdim=True)) / (mb_adv.std(1, keepdim=True) + 1e-8)
+            pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef))
+            v_loss = 0.5 * (newvalue - e_ret[:, sl]).pow(2)
+            loss = (pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss).mean(1).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            clip_grad_norm_per_agent_(params, args.max_grad_norm)
+            optimizer.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes
+# ---------------------------------------------------------------------------------------------
+class Timer:
+    """Accumulates wall-clock seconds per named part of an outer update."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def add(self, name, t0):
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        return time.perf_counter()
+
+
+def run_lifetimes(envs, tasks, reward_net, args, device, timer):
+    """N fresh inner agents each live one lifetime on their task, learning from r^i (Alg. 1, 3-10).
+
+    Returns the per-step record (N, L, ...) of everything the outer update needs."""
+    n, L, T, U = len(tasks), args.lifetime_steps, args.max_episode_steps, args.steps_per_update
+    agents = InnerAgents(n).to(device)  # theta re-initialised for every lifetime
+    optimizer = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
+    z = lambda *shape: torch.zeros((n, L) + shape, device=device)
+    obs, actions, logprobs, values = z(OBS_DIM), z(ACT_DIM), z(), z()
+    rn_inputs, r_int, r_logprobs, r_values = z(RN_INPUT_DIM), z(), z(), z()
+    shaped, success = z(), z()
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    next_obs = torch.as_tensor(envs.set_tasks(tasks), device=device)
+    state = reward_net.initial_state(n, device)
+    prev_r, solved = torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device)
+    t0 = timer.add("env", t0)
+    for t in range(L):
+        k = t % T  # step index within the episode
+        obs[:, t] = next_obs
+        with torch.no_grad():
+            action, logprob, _, value = agents.get_action_and_value(next_obs[:, None])
+        actions[:, t], logprobs[:, t], values[:, t] = action[:, 0], logprob[:, 0], value[:, 0]
+        t0 = timer.add("inference", t0)
+        o, r, s = envs.step(action[:, 0].clamp(-1, 1).cpu().numpy())  # stored unclipped, clipped for the env
+        t0 = timer.add("env", t0)
+        next_obs, shaped[:, t] = torch.as_tensor(o, device=device), torch.as_tensor(r, device=device)
+        success[:, t] = torch.as_tensor(s, device=device)
+        r_e, solved = sparse_reward(success[:, t] > 0, k, solved, T)
+        # reward-network input x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)] (SPEC 3)
+        x = torch.cat([obs[:, t], actions[:, t], logprobs[:, t, None].exp(), 3.0 * r_e[:, None],
+                       torch.full((n, 1), 2.0 if k == 0 else 0.0, device=device), prev_r[:, None]], 1)
+        rn_inputs[:, t] = x
+        with torch.no_grad():
+            mean, std, r_value, state = reward_net(x[:, None], state)
+            probs = Normal(mean[:, 0], std[:, 0], validate_args=False)
+            prev_r = probs.sample()  # r^i_t ~ N(mean, std): what the inner PPO gets and what is fed back
+        r_int[:, t], r_logprobs[:, t], r_values[:, t] = prev_r, probs.log_prob(prev_r), r_value[:, 0]
+        t0 = timer.add("inference", t0)
+
+        if (t + 1) % U == 0 and t + 1 < L:  # the inner PPO update after each block of U steps
+            blk = slice(t + 1 - U, t + 1)
+            advantages, returns = gae(r_int[:, blk], values[:, blk], args.gamma, args.gae_lambda, T)
+            perms = torch.rand(args.update_epochs, n, U, device=device).argsort(-1)
+            torch.set_num_threads(UPDATE_THREADS)
+            inner_ppo_update(agents, optimizer, obs[:, blk], actions[:, blk], logprobs[:, blk],
+                             advantages, returns, perms, args)
+            torch.set_num_threads(1)
+            t0 = timer.add("inner_ppo", t0)
+    torch.set_num_threads(UPDATE_THREADS)
+    return dict(rn_inputs=rn_inputs, r_int=r_int, r_logprobs=r_logprobs, r_values=r_values,
+                shaped=shaped, success=success)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4)
+# ---------------------------------------------------------------------------------------------
+class ShapedRewardNormalizer:
+    """Running mean of each task class's per-step shaped reward; r~ = r / (mean + 1e-7) * scale."""
+
+    def __init__(self, class_names, scale):
+        self.scale = scale
+        self.count = {c: 0 for c in class_names}
+        self.mean = {c: 0.0 for c in class_names}
+
+    def update(self, shaped, class_names):
+        for c in set(class_names):
+            rows = shaped[[i for i, name in enumerate(class_names) if name == c]]
+            total = self.count[c] + rows.numel()
+            self.mean[c] += (rows.double().mean().item() - self.mean[c]) * rows.numel() / total
+            self.count[c] = total
+
+    def __call__(self, shaped, class_names):
+        means = torch.tensor([self.mean[c] for c in class_names], device=shaped.device)[:, None]
+        return shaped / (means + 1e-7) * self.scale
+
+
+def meta_advantages(rewards, values, args):
+    """SPEC 4's influence-skipping n-step estimator, vectorised over lifetimes and time.
+
+    An r^i emitted at t first changes behaviour at s_t = t + u_t, u_t = U - (t mod U). For each
+    horizon n with u_t < n and t + n < L:
+      A^(n)_t = sum_{j=s_t}^{t+n-1} g^(ep(j)-ep(s_t)) r~_j + g^(ep(t+n)-ep(s_t)) V_(t+n) - V_t,
+    A_t = sum_k decay^k A^(n_k) / sum_k decay^k over the qualifying horizons (n increasing), from
+    --meta-nsteps, else from --meta-nsteps-fallback. Steps where none qualifies (the last block, whose
+    rewards influence no update) get the Monte-Carlo target: A_t = sum_{j>=t} g^(ep(j)-ep(t)) r~_j - V_t,
+    so every A_t is finite and the critic is trained wherever it bootstraps.
+    rewards, values: (N, L). Returns advantages and value targets A_t + V_t, (N, L)."""
+    L, T, U, g = rewards.shape[1], args.max_episode_steps, args.steps_per_update, args.meta_gamma
+    dev = rewards.device
+    r, v = rewards.double(), values.double()
+    t = torch.arange(L, device=dev)
+    s = (t // U + 1) * U  # s_t = t + u_t
+    # C[:, j] = sum_{i<j} g^ep(i) r~_i, so a per-episode-discounted sum over [a, e) is (C_e - C_a) / g^ep(a)
+    disc = g ** torch.arange(L // T + 1, device=dev).double()  # g^ep for ep = 0 .. L/T
+    C = torch.cat([torch.zeros_like(r[:, :1]), torch.cumsum(disc[t // T] * r, 1)], 1)
+
+    def nstep(horizons):
+        n = torch.tensor(horizons, device=dev)[:, None]  # (K, 1)
+        e = t + n  # (K, L)
+        valid = (s - t < n) & (e < L)
+        e = e.clamp(max=L - 1)
+        sc = s.clamp(max=L)
+        ret = (C[:, e] - C[:, sc].unsqueeze(1)) / disc[sc // T] + disc[e // T] / disc[sc // T] * v[:, e]  # (N, K, L)
+        weights = args.meta_nstep_decay ** (valid.cumsum(0) - 1).clamp(min=0).double() * valid
+        return (weights * ret).sum(1) / weights.sum(0).clamp(min=1e-12), valid.any(0)
+
+    primary, has_primary = nstep(args.meta_nsteps)
+    fallback, has_fallback = nstep(args.meta_nsteps_fallback)
+    monte_carlo = (C[:, L:] - C[:, :L]) / disc[t // T]
+    targets = torch.where(has_primary, primary, torch.where(has_fallback, fallback, monte_carlo))
+    advantages = targets - v
+    return advantages.float(), targets.float()
+
+
+def tbptt_chunks(num_steps, tbptt_len, offset):
+    """Chunk bounds [0, d), [d, d + len), ... over num_steps: the first chunk has the random length d."""
+    bounds = [0] + list(range(offset, num_steps, tbptt_len)) + [num_steps]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args):
+    """PPO on the reward agent with truncated BPTT (SPEC 4). The stored inputs are replayed exactly
+    from a zero state; the hidden state is carried across chunks but detached between them.
+    The policy and entropy terms use the steps before the last inner update (later rewards feed no
+    update); the value loss uses every step, because the estimator bootstraps from all of them."""
+    x, r, old_logprobs = batch["rn_inputs"], batch["r_int"], batch["r_logprobs"]
+    n, L = r.shape
+    policy_steps = L - args.steps_per_update
+    adv = advantages[:, :policy_steps]
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalised over the whole batch
+    stats = dict(policy_loss=[], value_loss=[], entropy=[], old_approx_kl=[], approx_kl=[], clipfrac=[])
+    for epoch in range(args.meta_update_epochs):
+        offset = int(torch.randint(1, args.tbptt_len + 1, ()))
+        state = reward_net.initial_state(n, x.device)
+        kl_sum, kl_count = 0.0, 0
+        for a, b in tbptt_chunks(L, args.tbptt_len, offset):
+            mean, std, newvalue, state = reward_net(x[:, a:b], state)
+            state = tuple(h.detach() for h in state)
+            v_loss = 0.5 * (newvalue - returns[:, a:b]).pow(2).mean()
+            loss = args.meta_vf_coef * v_loss
+            pb = min(b, policy_steps)
+            if pb > a:
+                probs = Normal(mean[:, : pb - a], std[:, : pb - a], validate_args=False)
+                logratio = probs.log_prob(r[:, a:pb]) - old_logprobs[:, a:pb]
+                ratio = logratio.exp()
+                mb_adv = adv[:, a:pb]
+                pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.meta_clip_coef,
+                                                                           1 + args.meta_clip_coef)).mean()
+                entropy = probs.entropy().mean()
+                loss = loss + pg_loss - args.meta_ent_coef * entropy
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    kl_sum += approx_kl.item() * logratio.numel()
+                    kl_count += logratio.numel()
+                    stats["old_approx_kl"].append((-logratio).mean().item())
+                    stats["approx_kl"].append(approx_kl.item())
+                    stats["clipfrac"].append(((ratio - 1.0).abs() > args.meta_clip_coef).float().mean().item())
+                    stats["policy_loss"].append(pg_loss.item())
+                    stats["entropy"].append(entropy.item())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite outer loss in epoch {epoch}, steps [{a}, {b})")
+            stats["value_loss"].append(v_loss.item())
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(reward_net.parameters(), args.meta_max_grad_norm)
+            optimizer.step()
+        if kl_count and kl_sum / kl_count > args.meta_target_kl:
+            break
+    out = {k: float(np.mean(v)) if v else float("nan") for k, v in stats.items()}
+    out["epochs"] = epoch + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder, logging, checkpoints
+# ---------------------------------------------------------------------------------------------
+def save_reward_net(path, reward_net, args, update):
+    """Atomically write the reward network with the settings that made it (temp file, then rename)."""
+    tmp = path + ".tmp"
+    torch.save({"script": "metareward", "update": update, "args": asdict(args),
+                "reward_net": reward_net.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_reward_net(path, device="cpu"):
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    reward_net = RewardNet(ckpt["args"]["reward_std_scale"]).to(device)
+    reward_net.load_state_dict(ckpt["reward_net"])
+    return reward_net
+
+
+def explained_variance(y_pred, y_true):
+    var_y = y_true.var()
+    return float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
+
+
+def update_metrics(batch, advantages, returns, args):
+    """What one outer update logs about its lifetimes (success per episode index, shaped return)."""
+    n, L = batch["shaped"].shape
+    T = args.max_episode_steps
+    success = batch["success"].view(n, L // T, T).amax(-1).mean(0)  # success rate per episode index
+    row = {f"charts/success_ep{i + 1:02d}": float(v) for i, v in enumerate(success)}
+    row["charts/shaped_return"] = float(batch["shaped"].view(n, L // T, T).sum(-1).mean())
+    row["charts/intrinsic_reward_mean"] = float(batch["r_int"].mean())
+    row["charts/intrinsic_reward_std"] = float(batch["r_int"].std())
+    row["losses/explained_variance"] = explained_variance(batch["r_values"], returns)
+    return row
+
+
+def main(args):
+    check_args(args)
+    run_name = f"{args.benchmark}_{args.env_name if args.benchmark == 'ML1' else 'all'}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    benchmark = make_benchmark(args)
+    task_rng = np.random.default_rng(args.seed)
+    sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)  # validate
+    envs = LockstepEnvs(benchmark.train_classes, args.lifetimes_per_update, args.max_episode_steps, args.num_workers)
+    reward_net = RewardNet(args.reward_std_scale).to(device)
+    optimizer = torch.optim.Adam(reward_net.parameters(), lr=args.meta_learning_rate, eps=1e-5)
+    normalizer = ShapedRewardNormalizer(benchmark.train_classes, args.reward_scale)
+    os.makedirs(run_dir, exist_ok=True)
+    print(f"run folder: {run_dir}")
+
+    csv_file, writer = open(os.path.join(run_dir, "progress.csv"), "w", newline=""), None
+    steps_per_outer = args.lifetimes_per_update * args.lifetime_steps
+    start_time = time.time()
+    try:
+        for update in range(1, args.num_outer_updates + 1):
+            update_start, timer = time.perf_counter(), Timer()
+            # Alg. 1: sample N training tasks, run N lifetimes of fresh inner agents on r^i
+            tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
+            classes = [task.env_name for task in tasks]
+            batch = run_lifetimes(envs, tasks, reward_net, args, device, timer)
+            # the outer reward r~ and the meta-advantages A_t (SPEC 4)
+            t0 = time.perf_counter()
+            normalizer.update(batch["shaped"], classes)
+            advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["r_values"], args)
+            t0 = timer.add("estimator", t0)
+            stats = outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args)
+            timer.add("outer_ppo", t0)
+
+            seconds = time.perf_counter() - update_start
+            row = {"update": update, "global_step": update * steps_per_outer, "charts/SPS": steps_per_outer / seconds,
+                   "charts/seconds_per_update": seconds}
+            row.update(update_metrics(batch, advantages, returns, args))
+            row.update({f"losses/{k}": v for k, v in stats.items()})
+            row.update({f"time/{k}": v for k, v in timer.seconds.items()})
+            if writer is None:
+                writer = csv.DictWriter(csv_file, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+            csv_file.flush()
+            if update % args.save_every == 0 or update == args.num_outer_updates:
+                save_reward_net(os.path.join(run_dir, "reward_net.pt"), reward_net, args, update)
+            eta = (time.time() - start_time) / update * (args.num_outer_updates - update)
+            ep = args.lifetime_steps // args.max_episode_steps
+            late = np.mean([row[f"charts/success_ep{i:02d}"] for i in range(max(1, ep - 3), ep + 1)])
+            print(f"update {update}/{args.num_outer_updates} | SPS {row['charts/SPS']:.0f} | "
+                  f"success last 4 eps {late:.2f} | shaped return {row['charts/shaped_return']:.1f} | "
+                  f"kl {stats['approx_kl']:.4f} | ETA {eta / 3600:.1f} h", flush=True)
+    finally:
+        csv_file.close()
+        envs.close()
+    return run_dir
+
+
+def cli(argv=None):
+    """Parse the command line and run; bad input exits with one line and status 2."""
+    args = tyro.cli(Args, args=argv)
+    try:
+        return main(args)
+    except (ConfigError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

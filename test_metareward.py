@@ -1,0 +1,403 @@
+"""Value-level tests of metareward.py. Run: python -m pytest -q test_metareward.py"""
+import copy
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+
+import metaworld
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import metareward as mr
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# A lifetime of 6 episodes of 10 steps, inner updates after steps 20 and 40 (the paper's shape, shrunk).
+TINY = dict(max_episode_steps=10, steps_per_update=20, lifetime_steps=60, lifetimes_per_update=3,
+            num_outer_updates=2, update_epochs=2, num_minibatches=2, tbptt_len=16, meta_update_epochs=2,
+            meta_nsteps=(25, 30, 35), meta_nsteps_fallback=(1, 6, 11), save_every=1)
+
+
+def tiny_args(**kw):
+    args = mr.Args(**{**TINY, **kw})
+    mr.check_args(args)
+    return args
+
+
+@pytest.fixture(scope="module")
+def ml1():
+    return metaworld.ML1("door-close-v3", seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_rollout(ml1):
+    """One tiny meta-batch of real lifetimes (3 lifetimes x 60 steps) and the network that made it."""
+    args = tiny_args()
+    torch.manual_seed(0)
+    tasks = mr.sample_tasks(ml1.train_classes, ml1.train_tasks, args.lifetimes_per_update, np.random.default_rng(0))
+    envs = mr.LockstepEnvs(ml1.train_classes, len(tasks), args.max_episode_steps, 1)
+    reward_net = mr.RewardNet(args.reward_std_scale)
+    batch = mr.run_lifetimes(envs, tasks, reward_net, args, torch.device("cpu"), mr.Timer())
+    envs.close()
+    return args, reward_net, batch
+
+
+# 1. The sparse signal (SPEC 1) -------------------------------------------------------------------
+def sparse_sequence(success_rows, T):
+    """Run mr.sparse_reward step by step over (N, steps) 0/1 success rows, resetting per episode."""
+    success = torch.tensor(success_rows, dtype=torch.bool)
+    solved = torch.zeros(len(success_rows), dtype=torch.bool)
+    out = []
+    for t in range(success.shape[1]):
+        r, solved = mr.sparse_reward(success[:, t], t % T, solved, T)
+        out.append(r)
+    return torch.stack(out, 1)
+
+
+def test_sparse_reward_hand_made_sequences():
+    T = 10
+    first_only = [0, 0, 0, 1, 1, 0, 1, 0, 0, 0]  # success from k=3 on: reward only at the first success
+    late = [0] * 9 + [1]  # first success on the last step
+    never = [0] * 10
+    r = sparse_sequence([first_only, late, never], T)
+    expected = torch.zeros(3, T)
+    expected[0, 3] = 1 - 0.7 * 3 / T
+    expected[1, 9] = 1 - 0.7 * 9 / T
+    expected[2, 9] = -0.2
+    torch.testing.assert_close(r, expected)
+    # the first success of each episode counts again in the next episode; k is 0-based
+    r = sparse_sequence([[1] + [0] * 9 + [0, 0, 1, 1] + [0] * 6], T)
+    assert r[0, 0] == pytest.approx(1.0) and r[0, 12] == pytest.approx(1 - 0.7 * 2 / T)
+    assert torch.count_nonzero(r) == 2
+
+
+class FakeEnvs:
+    """Stands in for LockstepEnvs with random observations and frequent successes."""
+
+    def __init__(self, n, seed):
+        self.n, self.rng = n, np.random.default_rng(seed)
+
+    def set_tasks(self, tasks):
+        return self.rng.standard_normal((self.n, mr.OBS_DIM)).astype(np.float32)
+
+    def step(self, actions):
+        assert actions.shape == (self.n, mr.ACT_DIM) and np.abs(actions).max() <= 1
+        return (self.rng.standard_normal((self.n, mr.OBS_DIM)).astype(np.float32),
+                self.rng.random(self.n).astype(np.float32), self.rng.random(self.n) < 0.15)
+
+
+@pytest.fixture(scope="module")
+def fake_rollout():
+    args = tiny_args(lifetimes_per_update=4)
+    torch.manual_seed(0)
+    batch = mr.run_lifetimes(FakeEnvs(4, 0), [None] * 4, mr.RewardNet(), args, torch.device("cpu"), mr.Timer())
+    return args, batch
+
+
+def test_rollout_feeds_the_sparse_signal_and_flags(fake_rollout):
+    """The reward network's inputs end with [pi(a|s), 3 r^e_t, 2 d_t, r^i_(t-1)]: r^e_t computed from the
+    env's successes by a direct loop, d_t on each episode's first step, r^i_(t-1) the previous sample."""
+    args, batch = fake_rollout
+    x = batch["rn_inputs"]
+    T = args.max_episode_steps
+    success = batch["success"]
+    n, L = success.shape
+    for i in range(n):  # a direct loop over the env's success flags
+        for e in range(L // T):
+            ep = success[i, e * T:(e + 1) * T].tolist()
+            hits = [k for k in range(T) if ep[k] > 0]
+            want = torch.zeros(T)
+            if hits:
+                want[hits[0]] = 1 - 0.7 * hits[0] / T
+            else:
+                want[T - 1] = -0.2
+            torch.testing.assert_close(x[i, e * T:(e + 1) * T, -3] / 3, want)
+    assert torch.equal(x[:, :, -2], torch.tensor([2.0 if t % T == 0 else 0.0 for t in range(L)]).expand(n, L))
+    assert torch.equal(x[:, 1:, -1], batch["r_int"][:, :-1]) and torch.all(x[:, 0, -1] == 0)
+    rewarded = x[..., -3] > 0
+    assert rewarded.sum() > 5 and rewarded.view(n, L // T, T).sum(-1).max() == 1  # once per episode at most
+
+
+# 2. Batched GAE ---------------------------------------------------------------------------------
+def gae_loop(rewards, values, gamma, lam, T):
+    n, b = rewards.shape
+    adv = torch.zeros(n, b)
+    for i in range(n):
+        last = 0.0
+        for t in reversed(range(b)):
+            terminal = (t + 1) % T == 0
+            next_value = 0.0 if terminal else values[i, t + 1]
+            delta = rewards[i, t] + gamma * next_value - values[i, t]
+            last = delta + gamma * lam * (0.0 if terminal else last)
+            adv[i, t] = last
+    return adv
+
+
+def test_gae_matches_direct_loop_across_episode_boundaries():
+    torch.manual_seed(0)
+    rewards, values = torch.randn(3, 40), torch.randn(3, 40)
+    adv, ret = mr.gae(rewards, values, 0.99, 0.95, 10)
+    expected = gae_loop(rewards, values, 0.99, 0.95, 10)
+    torch.testing.assert_close(adv, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ret, expected + values, atol=1e-5, rtol=1e-5)
+    # paper sizes: 2000-step batch of 500-step episodes
+    rewards, values = torch.randn(2, 2000), torch.randn(2, 2000)
+    torch.testing.assert_close(mr.gae(rewards, values, 0.99, 0.95, 500)[0],
+                               gae_loop(rewards, values, 0.99, 0.95, 500), atol=1e-4, rtol=1e-4)
+
+
+# 3. The meta-advantage estimator ----------------------------------------------------------------
+def meta_advantage_brute(r, v, t, args):
+    """SPEC 4's formula for one step t of one lifetime, term by term."""
+    L, U, T, g = len(r), args.steps_per_update, args.max_episode_steps, args.meta_gamma
+    u = U - t % U
+    s = t + u
+
+    def a_n(n):
+        total = sum(g ** (j // T - s // T) * r[j] for j in range(s, t + n))
+        return total + g ** ((t + n) // T - s // T) * v[t + n] - v[t]
+
+    for horizons in (args.meta_nsteps, args.meta_nsteps_fallback):
+        qualifying = [n for n in sorted(horizons) if u < n and t + n < L]
+        if qualifying:
+            w = [args.meta_nstep_decay ** k for k in range(len(qualifying))]
+            return sum(wk * a_n(n) for wk, n in zip(w, qualifying)) / sum(w)
+    return sum(g ** (j // T - t // T) * r[j] for j in range(t, L)) - v[t]  # no later update: Monte Carlo
+
+
+@pytest.mark.parametrize("paper_sizes", [False, True])
+def test_meta_advantages_match_brute_force(paper_sizes):
+    args = mr.Args() if paper_sizes else tiny_args()
+    L = args.lifetime_steps
+    gen = torch.Generator().manual_seed(1)
+    r, v = torch.rand(2, L, generator=gen), torch.randn(2, L, generator=gen)
+    adv, ret = mr.meta_advantages(r, v, args)
+    assert adv.shape == (2, L) and torch.isfinite(adv).all() and torch.isfinite(ret).all()
+    torch.testing.assert_close(ret, adv + v)
+    if paper_sizes:  # block edges (primary -> fallback -> Monte Carlo) and a random sample
+        steps = sorted(set(list(range(0, 5)) + list(range(1995, 2005)) + list(range(3295, 3305)) +
+                           list(range(3995, 4005)) + list(range(5995, 6000)) +
+                           torch.randint(0, L, (40,), generator=gen).tolist()))
+    else:
+        steps = range(L)
+    rn, vn = r.double().numpy(), v.double().numpy()
+    for i in range(2):
+        for t in steps:
+            assert adv[i, t].item() == pytest.approx(meta_advantage_brute(rn[i], vn[i], t, args), rel=1e-4, abs=1e-4), t
+
+
+# 4. TBPTT replay ------------------------------------------------------------------------------
+def replay(reward_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=False):
+    x, r = batch["rn_inputs"].clone(), batch["r_int"]
+    state = reward_net.initial_state(x.shape[0])
+    logps, values, means = [], [], []
+    with torch.no_grad():
+        for a, b in mr.tbptt_chunks(x.shape[1], tbptt_len, offset):
+            if zero_prev_reward_at_chunk_start:  # the authors' fault (SPEC 7.2)
+                x[:, a, -1] = 0.0
+            mean, std, value, state = reward_net(x[:, a:b], state)
+            state = tuple(h.detach() for h in state)
+            logps.append(torch.distributions.Normal(mean, std).log_prob(r[:, a:b]))
+            values.append(value)
+            means.append(mean)
+    return torch.cat(logps, 1), torch.cat(values, 1), torch.cat(means, 1)
+
+
+def test_tbptt_chunks_cover_steps_once():
+    assert mr.tbptt_chunks(10, 4, 1) == [(0, 1), (1, 5), (5, 9), (9, 10)]
+    assert mr.tbptt_chunks(10, 4, 4) == [(0, 4), (4, 8), (8, 10)]
+    for d in (1, 7, 400):
+        chunks = mr.tbptt_chunks(6000, 400, d)
+        assert chunks[0] == (0, d) and chunks[-1][1] == 6000
+        assert all(b0 == a1 for (_, b0), (a1, _) in zip(chunks[:-1], chunks[1:]))
+
+
+@pytest.mark.parametrize("offset", [1, 5, 16])
+def test_tbptt_replay_reproduces_rollout(tiny_rollout, offset):
+    args, reward_net, batch = tiny_rollout
+    logps, values, means = replay(reward_net, batch, args.tbptt_len, offset)
+    assert (logps - batch["r_logprobs"]).abs().max() < 1e-5
+    assert (values - batch["r_values"]).abs().max() < 1e-5
+    assert (batch["r_int"] - means).abs().mean() > 0.05  # training rewards are samples, not the mean
+    # the check can fail: feeding r^i_(t-1) = 0 at chunk starts (the authors' replay) breaks it
+    bad, _, _ = replay(reward_net, batch, args.tbptt_len, offset, zero_prev_reward_at_chunk_start=True)
+    assert (bad - batch["r_logprobs"]).abs().max() > 1e-4
+
+
+def test_outer_update_changes_network_and_zero_lr_keeps_ratios_one(tiny_rollout):
+    args, reward_net, batch = tiny_rollout
+    adv, ret = mr.meta_advantages(batch["shaped"] * 1e-2, batch["r_values"], args)
+    net = copy.deepcopy(reward_net)
+    opt = torch.optim.Adam(net.parameters(), lr=0.0, eps=1e-5)
+    stats = mr.outer_ppo_update(net, opt, batch, adv, ret, dataclasses.replace(args, meta_update_epochs=1))
+    assert abs(stats["approx_kl"]) < 1e-9 and stats["clipfrac"] == 0.0  # replay == rollout inside the update
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5)
+    stats = mr.outer_ppo_update(net, opt, batch, adv, ret, args)
+    assert np.isfinite(list(stats.values())).all()
+    changed = [not torch.equal(p, q) for p, q in zip(net.parameters(), reward_net.parameters())]
+    assert all(changed)
+
+
+# 5. Independent inner agents ------------------------------------------------------------------
+def make_inner_batch(agents, n, b, seed):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, b, mr.OBS_DIM, generator=g)
+    with torch.no_grad():
+        actions, logprobs, _, _ = agents.get_action_and_value(obs)
+    return obs, actions, logprobs, torch.randn(n, b, generator=g), torch.randn(n, b, generator=g)
+
+
+def inner_args(**kw):
+    return dataclasses.replace(tiny_args(), update_epochs=3, num_minibatches=4, **kw)
+
+
+def run_inner_update(agents, batch, perms, args):
+    opt = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
+    mr.inner_ppo_update(agents, opt, *batch, perms, args)
+    return agents
+
+
+def test_changing_one_agents_batch_leaves_the_others_unchanged():
+    torch.manual_seed(0)
+    args, n, b = inner_args(), 4, 40
+    agents = mr.InnerAgents(n)
+    batch = make_inner_batch(agents, n, b, seed=1)
+    perms = torch.rand(args.update_epochs, n, b).argsort(-1)
+    other = make_inner_batch(agents, n, b, seed=2)
+    changed = tuple(torch.cat([x[:2], y[2:3], x[3:]]) for x, y in zip(batch, other))  # agent 2's batch only
+    a = run_inner_update(copy.deepcopy(agents), batch, perms, args)
+    c = run_inner_update(copy.deepcopy(agents), changed, perms, args)
+    for pa, pc in zip(a.parameters(), c.parameters()):
+        assert torch.equal(pa[[0, 1, 3]], pc[[0, 1, 3]])
+        assert not torch.equal(pa[2], pc[2])
+
+
+def reference_single_agent(stacked, i):
+    """Agent i of a stacked InnerAgents as plain nn.Linear layers (CleanRL's agent)."""
+    def mlp(m):
+        layers = []
+        for w, bias in zip(m.weights, m.biases):
+            lin = nn.Linear(w.shape[1], w.shape[2])
+            lin.weight.data.copy_(w[i].T)
+            lin.bias.data.copy_(bias[i, 0])
+            layers += [lin, nn.Tanh()]
+        return nn.Sequential(*layers[:-1])
+    ref = nn.Module()
+    ref.actor_mean, ref.critic = mlp(stacked.actor_mean), mlp(stacked.critic)
+    ref.actor_logstd = nn.Parameter(stacked.actor_logstd[i].detach().clone())
+    return ref
+
+
+def reference_ppo_update(ref, obs, actions, logprobs, advantages, returns, perms, args):
+    """CleanRL's PPO update for one agent, written out directly."""
+    opt = torch.optim.Adam(ref.parameters(), lr=args.learning_rate, eps=1e-5)
+    b = len(obs)
+    mb = b // args.num_minibatches
+    for epoch in range(args.update_epochs):
+        for start in range(0, b, mb):
+            idx = perms[epoch][start:start + mb]
+            mean = ref.actor_mean(obs[idx])
+            dist = torch.distributions.Normal(mean, ref.actor_logstd.exp().expand_as(mean))
+            ratio = (dist.log_prob(actions[idx]).sum(1) - logprobs[idx]).exp()
+            adv = advantages[idx]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+            v_loss = 0.5 * ((ref.critic(obs[idx]).squeeze(1) - returns[idx]) ** 2).mean()
+            loss = pg - args.ent_coef * dist.entropy().sum(1).mean() + args.vf_coef * v_loss
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(ref.parameters(), args.max_grad_norm)
+            opt.step()
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.5, 0.02])  # 0.02: the per-agent clip is active
+def test_stacked_update_equals_separate_single_agent_updates(max_grad_norm):
+    torch.manual_seed(0)
+    args, n, b = inner_args(max_grad_norm=max_grad_norm, ent_coef=0.01), 3, 40
+    agents = mr.InnerAgents(n)
+    batch = make_inner_batch(agents, n, b, seed=3)
+    perms = torch.rand(args.update_epochs, n, b).argsort(-1)
+    refs = [reference_single_agent(agents, i) for i in range(n)]
+    stacked = run_inner_update(copy.deepcopy(agents), batch, perms, args)
+    for i, ref in enumerate(refs):
+        reference_ppo_update(ref, *(x[i] for x in batch), perms[:, i], args)
+        got = reference_single_agent(stacked, i)
+        for p, q in zip(got.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+        assert not torch.equal(ref.actor_logstd, agents.actor_logstd[i])  # the update did move it
+
+
+# 6. End to end ------------------------------------------------------------------------------
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_end_to_end_tiny_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = mr.main(tiny_args(seed=3))
+    rows = read_csv(os.path.join(run_dir, "progress.csv"))
+    assert len(rows) == 2 and [r["update"] for r in rows] == ["1", "2"]
+    assert rows[-1]["global_step"] == str(2 * 3 * 60)
+    for r in rows:
+        succ = [float(r[f"charts/success_ep{i:02d}"]) for i in range(1, 7)]
+        assert all(0.0 <= s <= 1.0 for s in succ)
+        assert np.isfinite([float(r[k]) for k in ("losses/value_loss", "losses/policy_loss", "charts/SPS")]).all()
+    ckpt = torch.load(os.path.join(run_dir, "reward_net.pt"), weights_only=False)
+    assert ckpt["script"] == "metareward" and ckpt["update"] == 2
+    net = mr.load_reward_net(os.path.join(run_dir, "reward_net.pt"))
+    torch.manual_seed(3)  # main() seeds, then builds the reward network before anything else draws
+    initial = mr.RewardNet(0.2)
+    assert all(p.shape == q.shape for p, q in zip(net.parameters(), initial.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(net.parameters(), initial.parameters()))
+
+
+def test_worker_processes_give_the_same_run(tmp_path, monkeypatch):
+    """Stepping the envs in 2 worker processes changes nothing but the speed."""
+    monkeypatch.chdir(tmp_path)
+    timing = ("charts/SPS", "charts/seconds_per_update")
+    runs = []
+    for workers in (1, 2):
+        rows = read_csv(os.path.join(mr.main(tiny_args(num_workers=workers, num_outer_updates=1,
+                                                       exp_name=f"w{workers}")), "progress.csv"))
+        runs.append([{k: v for k, v in r.items() if k not in timing and not k.startswith("time/")} for r in rows])
+    assert runs[0] == runs[1]
+
+
+def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
+    ml10 = metaworld.ML10(seed=1)
+    tasks = mr.sample_tasks(ml10.train_classes, ml10.train_tasks, 30, np.random.default_rng(0))
+    names = [t.env_name for t in tasks]
+    assert sorted(set(names)) == sorted(ml10.train_classes) and all(names.count(c) == 3 for c in set(names))
+    assert len({t.data for t in tasks}) == 30
+    assert all(t in ml10.train_tasks for t in tasks)
+
+
+# 7. Bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--env-name", "door-shut-v3"], "unknown --env-name 'door-shut-v3'; valid: assembly-v3"),
+    (["--lifetime-steps", "5000"], "--lifetime-steps 5000 is not a multiple of --steps-per-update 2000"),
+    (["--steps-per-update", "1800", "--lifetime-steps", "5400"], "not a multiple of the episode length"),
+    (["--tbptt-len", "7000"], "--tbptt-len 7000 is larger than"),
+    (["--lifetimes-per-update", "51"], "needs 51 distinct tasks per class, but the benchmark has only 50"),
+    (["--meta-nsteps", "6000"], "horizon 6000 must lie in"),
+])
+def test_bad_input_exits_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        mr.cli(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ") and message in err
+    assert not os.path.exists("runs")  # nothing was started
+
+
+def test_bad_input_from_the_command_line():
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "metareward.py"), "--env-name", "nope"],
+                          capture_output=True, text=True, cwd=HERE, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown --env-name 'nope'" in proc.stderr
