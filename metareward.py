@@ -440,7 +440,8 @@ class Timer:
 
 
 def run_lifetimes(envs, tasks, reward_net, args, device, timer):
-    """N fresh inner agents each live one lifetime on their task, learning from r^i (Alg. 1, 3-10).
+    """The inner loop of Alg. 1: N fresh inner agents each live one lifetime on their task,
+    learning from r^i only.
 
     Returns the per-step record (N, L, ...) of everything the outer update needs."""
     n, L, T, U = len(tasks), args.lifetime_steps, args.max_episode_steps, args.steps_per_update
