@@ -18,7 +18,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
 
 import metaworld
@@ -116,9 +116,29 @@ class Args:
     max_grad_norm: float = 0.5
     """gradient-norm clip of the inner PPO (per agent)"""
 
-    # Outputs
-    save_every: int = 50
-    """save the reward network every this many outer updates (and at the end)"""
+    # Evaluation (SPEC 6) and the baselines
+    inner_reward: Literal["intrinsic", "sparse", "shaped"] = "intrinsic"
+    """what the inner PPO learns from: r^i (meta-train, then evaluate), or sparse / shaped (baselines: evaluate only)"""
+    eval_checkpoint: Optional[str] = None
+    """evaluate this saved reward network instead of meta-training one"""
+    eval_split: Literal["train", "test"] = "test"
+    """the tasks of the final evaluation"""
+    eval_tasks: Optional[int] = None
+    """evaluate on the first this-many tasks of the split (None = all)"""
+    eval_repeats: int = 10
+    """lifetimes per evaluation task"""
+    eval_deterministic_episodes: int = 4
+    """episodes of the deterministic final policy after each evaluation lifetime"""
+    val_every: int = 25
+    """validate the reward network every this many outer updates (0 = never); keeps the best"""
+    val_tasks: int = 10
+    """validation lifetimes: one per fresh goal of the train classes, disjoint from the train and test tasks"""
+
+    # Checkpoints
+    save_every: int = 25
+    """write the checkpoint every this many outer updates (and at the end)"""
+    resume: Optional[str] = None
+    """continue the run of this checkpoint (its settings; --num-outer-updates may extend it)"""
 
 
 class ConfigError(ValueError):
@@ -135,7 +155,7 @@ def check_args(args):
         raise ConfigError(f"unknown --env-name {args.env_name!r}; valid: {', '.join(metaworld.ML1.ENV_NAMES)}")
     for name in ("max_episode_steps", "lifetime_steps", "steps_per_update", "lifetimes_per_update",
                  "num_outer_updates", "tbptt_len", "num_workers", "update_epochs", "num_minibatches",
-                 "meta_update_epochs", "save_every"):
+                 "meta_update_epochs", "save_every", "eval_repeats", "val_tasks"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.lifetime_steps % args.steps_per_update:
@@ -156,6 +176,10 @@ def check_args(args):
     for n in args.meta_nsteps + args.meta_nsteps_fallback:
         if not 0 < n < args.lifetime_steps:
             raise ConfigError(f"meta n-step horizon {n} must lie in [1, --lifetime-steps)")
+    if args.eval_tasks is not None and args.eval_tasks < 1:
+        raise ConfigError(f"--eval-tasks must be at least 1, got {args.eval_tasks}")
+    if args.eval_checkpoint and args.inner_reward != "intrinsic":
+        raise ConfigError(f"--eval-checkpoint is for the intrinsic reward, not --inner-reward {args.inner_reward}")
     if args.num_workers > args.lifetimes_per_update:
         raise ConfigError(f"--num-workers {args.num_workers} exceeds --lifetimes-per-update "
                           f"{args.lifetimes_per_update}")
@@ -164,24 +188,22 @@ def check_args(args):
 # ---------------------------------------------------------------------------------------------
 # Environments (SPEC 1, 8)
 # ---------------------------------------------------------------------------------------------
-def make_benchmark(args):
-    """The MetaWorld benchmark object; its seed fixes the train/test goal positions."""
-    if args.benchmark == "ML1":
-        return metaworld.ML1(args.env_name, seed=args.seed)
-    return metaworld.ML10(seed=args.seed)
+def make_benchmark(args, seed=None):
+    """The MetaWorld benchmark object; its seed (default --seed) fixes the train/test goal positions."""
+    seed = args.seed if seed is None else seed
+    return metaworld.ML1(args.env_name, seed=seed) if args.benchmark == "ML1" else metaworld.ML10(seed=seed)
 
 
 def sample_tasks(classes, tasks, n, rng):
-    """n distinct tasks for one meta-batch: lifetime i gets class i mod C, distinct goals per class.
-
-    ML1: n distinct goals of the one class; ML10: each of the 10 classes n/10 times."""
+    """n distinct tasks: lifetime i gets class i mod C, distinct goals per class, drawn with rng
+    (None: in the benchmark's order). ML1: n distinct goals; ML10: each of the 10 classes n/10 times."""
     names = list(classes)
     by_class = {c: [t for t in tasks if t.env_name == c] for c in names}
     need = math.ceil(n / len(names))
     if need > min(len(v) for v in by_class.values()):
         raise ConfigError(f"--lifetimes-per-update {n} needs {need} distinct tasks per class, but the "
                           f"benchmark has only {min(len(v) for v in by_class.values())}")
-    perms = {c: rng.permutation(len(by_class[c])) for c in names}
+    perms = {c: rng.permutation(len(by_class[c])) if rng else np.arange(len(by_class[c])) for c in names}
     return [by_class[names[i % len(names)]][perms[names[i % len(names)]][i // len(names)]] for i in range(n)]
 
 
@@ -234,10 +256,10 @@ def env_worker(remote, classes, max_episode_steps):
 
 
 class LockstepEnvs:
-    """N environments stepped in lockstep, split over `num_workers` processes (1 = in-process)."""
+    """Environments stepped in lockstep, split over `num_workers` processes (1 = in-process)."""
 
-    def __init__(self, classes, n, max_episode_steps, num_workers):
-        self.splits = np.array_split(np.arange(n), num_workers)
+    def __init__(self, classes, max_episode_steps, num_workers):
+        self.num_workers = num_workers
         if num_workers == 1:
             self.group = EnvGroup(classes, max_episode_steps)
             return
@@ -252,14 +274,17 @@ class LockstepEnvs:
             self.procs.append(proc)
 
     def _call(self, cmd, items):
-        if len(self.splits) == 1:
+        if self.num_workers == 1:
             return getattr(self.group, cmd)(items)
-        for remote, idx in zip(self.remotes, self.splits):
+        busy = [(remote, idx) for remote, idx in zip(self.remotes, self.splits) if len(idx)]
+        for remote, idx in busy:
             remote.send((cmd, [items[i] for i in idx] if isinstance(items, list) else items[idx]))
-        results = [remote.recv() for remote in self.remotes]
+        results = [remote.recv() for remote, _ in busy]
         return [np.concatenate(parts) for parts in zip(*results)] if cmd == "step" else np.concatenate(results)
 
     def set_tasks(self, tasks):
+        """One task per env (their number may change between calls); returns the first observations."""
+        self.splits = np.array_split(np.arange(len(tasks)), self.num_workers)
         return self._call("set_tasks", tasks)
 
     def step(self, actions):
@@ -419,6 +444,8 @@ def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, retu
             pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef))
             v_loss = 0.5 * (newvalue - e_ret[:, sl]).pow(2)
             loss = (pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss).mean(1).sum()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite inner PPO loss in epoch {epoch}")
             optimizer.zero_grad()
             loss.backward()
             clip_grad_norm_per_agent_(params, args.max_grad_norm)
@@ -439,51 +466,62 @@ class Timer:
         return time.perf_counter()
 
 
-def run_lifetimes(envs, tasks, reward_net, args, device, timer):
-    """The inner loop of Alg. 1: N fresh inner agents each live one lifetime on their task,
-    learning from r^i only.
+def run_lifetimes(envs, tasks, reward_net, args, device, timer, evaluation=False):
+    """The inner loop of Alg. 1: N fresh inner agents each live one lifetime on their task and learn
+    from args.inner_reward only: r^i from the reward network (sampled in training, its mean in
+    evaluation), or the sparse or shaped env reward (the baselines; reward_net unused).
+    In evaluation, `--eval-deterministic-episodes` episodes of the final policy's mean action follow.
 
-    Returns the per-step record (N, L, ...) of everything the outer update needs."""
+    Returns the per-step record (N, steps, ...) of everything the outer update and the logs need."""
     n, L, T, U = len(tasks), args.lifetime_steps, args.max_episode_steps, args.steps_per_update
+    steps = L + (args.eval_deterministic_episodes * T if evaluation else 0)
+    intrinsic = args.inner_reward == "intrinsic"
     agents = InnerAgents(n).to(device)  # theta re-initialised for every lifetime
     optimizer = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
-    z = lambda *shape: torch.zeros((n, L) + shape, device=device)
+    z = lambda *shape: torch.zeros((n, steps) + shape, device=device)
     obs, actions, logprobs, values = z(OBS_DIM), z(ACT_DIM), z(), z()
     rn_inputs, r_int, r_logprobs, r_values = z(RN_INPUT_DIM), z(), z(), z()
-    shaped, success = z(), z()
+    sparse, shaped, success = z(), z(), z()
+    inner_rewards = {"intrinsic": r_int, "sparse": sparse, "shaped": shaped}[args.inner_reward]
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     next_obs = torch.as_tensor(envs.set_tasks(tasks), device=device)
-    state = reward_net.initial_state(n, device)
+    state = reward_net.initial_state(n, device) if intrinsic else None
     prev_r, solved = torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device)
     t0 = timer.add("env", t0)
-    for t in range(L):
+    for t in range(steps):
         k = t % T  # step index within the episode
         obs[:, t] = next_obs
         with torch.no_grad():
-            action, logprob, _, value = agents.get_action_and_value(next_obs[:, None])
-        actions[:, t], logprobs[:, t], values[:, t] = action[:, 0], logprob[:, 0], value[:, 0]
+            if t < L:
+                action, logprob, _, value = agents.get_action_and_value(next_obs[:, None])
+                actions[:, t], logprobs[:, t], values[:, t] = action[:, 0], logprob[:, 0], value[:, 0]
+            else:  # evaluation: the final policy made deterministic (its mean action)
+                action = agents.actor_mean(next_obs[:, None])
         t0 = timer.add("inference", t0)
         o, r, s = envs.step(action[:, 0].clamp(-1, 1).cpu().numpy())  # stored unclipped, clipped for the env
         t0 = timer.add("env", t0)
         next_obs, shaped[:, t] = torch.as_tensor(o, device=device), torch.as_tensor(r, device=device)
         success[:, t] = torch.as_tensor(s, device=device)
-        r_e, solved = sparse_reward(success[:, t] > 0, k, solved, T)
-        # reward-network input x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)] (SPEC 3)
-        x = torch.cat([obs[:, t], actions[:, t], logprobs[:, t, None].exp(), 3.0 * r_e[:, None],
-                       torch.full((n, 1), 2.0 if k == 0 else 0.0, device=device), prev_r[:, None]], 1)
-        rn_inputs[:, t] = x
-        with torch.no_grad():
-            mean, std, r_value, state = reward_net(x[:, None], state)
-            probs = Normal(mean[:, 0], std[:, 0], validate_args=False)
-            prev_r = probs.sample()  # r^i_t ~ N(mean, std): what the inner PPO gets and what is fed back
-        r_int[:, t], r_logprobs[:, t], r_values[:, t] = prev_r, probs.log_prob(prev_r), r_value[:, 0]
-        t0 = timer.add("inference", t0)
+        sparse[:, t], solved = sparse_reward(success[:, t] > 0, k, solved, T)
+        if intrinsic and t < L:
+            # reward-network input x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)] (SPEC 3)
+            x = torch.cat([obs[:, t], actions[:, t], logprobs[:, t, None].exp(), 3.0 * sparse[:, t, None],
+                           torch.full((n, 1), 2.0 if k == 0 else 0.0, device=device), prev_r[:, None]], 1)
+            rn_inputs[:, t] = x
+            with torch.no_grad():
+                mean, std, r_value, state = reward_net(x[:, None], state)
+                probs = Normal(mean[:, 0], std[:, 0], validate_args=False)
+                # r^i_t ~ N(mean, std) in training (its mean in evaluation): what the inner PPO gets and
+                # what is fed back
+                prev_r = probs.mean if evaluation else probs.sample()
+            r_int[:, t], r_logprobs[:, t], r_values[:, t] = prev_r, probs.log_prob(prev_r), r_value[:, 0]
+            t0 = timer.add("inference", t0)
 
         if (t + 1) % U == 0 and t + 1 < L:  # the inner PPO update after each block of U steps
             blk = slice(t + 1 - U, t + 1)
-            advantages, returns = gae(r_int[:, blk], values[:, blk], args.gamma, args.gae_lambda, T)
+            advantages, returns = gae(inner_rewards[:, blk], values[:, blk], args.gamma, args.gae_lambda, T)
             perms = torch.rand(args.update_epochs, n, U, device=device).argsort(-1)
             torch.set_num_threads(UPDATE_THREADS)
             inner_ppo_update(agents, optimizer, obs[:, blk], actions[:, blk], logprobs[:, blk],
@@ -491,8 +529,8 @@ def run_lifetimes(envs, tasks, reward_net, args, device, timer):
             torch.set_num_threads(1)
             t0 = timer.add("inner_ppo", t0)
     torch.set_num_threads(UPDATE_THREADS)
-    return dict(rn_inputs=rn_inputs, r_int=r_int, r_logprobs=r_logprobs, r_values=r_values,
-                shaped=shaped, success=success)
+    return dict(rn_inputs=rn_inputs[:, :L], r_int=r_int[:, :L], r_logprobs=r_logprobs[:, :L],
+                r_values=r_values[:, :L], sparse=sparse, shaped=shaped, success=success)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,45 +654,277 @@ def outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Run folder, logging, checkpoints
+# Evaluation (SPEC 6)
 # ---------------------------------------------------------------------------------------------
-def save_reward_net(path, reward_net, args, update):
-    """Atomically write the reward network with the settings that made it (temp file, then rename)."""
-    tmp = path + ".tmp"
-    torch.save({"script": "metareward", "update": update, "args": asdict(args),
-                "reward_net": reward_net.state_dict()}, tmp)
-    os.replace(tmp, path)
+def episode_success(success, episode_len):
+    """(N, steps) per-step success flags -> (N, episodes): 1 where the episode succeeded at some step."""
+    n, steps = success.shape
+    return success.view(n, steps // episode_len, episode_len).amax(-1)
 
 
-def load_reward_net(path, device="cpu"):
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+def success_columns(args):
+    return [f"success_ep{e + 1:02d}" for e in range(args.lifetime_steps // args.max_episode_steps)] + ["success_det"]
+
+
+def evaluate(envs, tasks, reward_net, args, device, repeats):
+    """SPEC 6: for each task, `repeats` lifetimes of a fresh agent learning from the deterministic
+    signal, then episodes of its deterministic final policy; lifetimes run in lockstep batches of N.
+    Returns one row per lifetime (success per episode index, and the deterministic point: the mean
+    over the deterministic episodes) and the first lifetime's per-step record."""
+    lifetimes = [(i, rep) for i in range(len(tasks)) for rep in range(repeats)]
+    episodes, rows, first = args.lifetime_steps // args.max_episode_steps, [], None
+    for start in range(0, len(lifetimes), args.lifetimes_per_update):
+        chunk = lifetimes[start:start + args.lifetimes_per_update]
+        batch = run_lifetimes(envs, [tasks[i] for i, _ in chunk], reward_net, args, device, Timer(), evaluation=True)
+        for (i, rep), s in zip(chunk, episode_success(batch["success"], args.max_episode_steps).tolist()):
+            row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": args.seed}
+            row.update(zip(success_columns(args), s[:episodes] + [float(np.mean(s[episodes:]))]))
+            rows.append(row)
+        if first is None:
+            first = {k: v[0] for k, v in batch.items()}
+    return rows, first
+
+
+def summarize(rows, columns):
+    """Mean and standard error over lifetimes of each success column: all tasks, then per task."""
+    out = []
+    for task in ["all"] + sorted({r["task"] for r in rows}):
+        values = np.array([[r[c] for c in columns] for r in rows if task == "all" or r["task"] == task], float)
+        stderr = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.full(len(columns), np.nan)
+        out += [{"task": task, "episode": c.removeprefix("success_"), "mean": m, "stderr": e, "lifetimes": len(values)}
+                for c, m, e in zip(columns, values.mean(0), stderr)]
+    return out
+
+
+def print_eval_table(rows, columns, label):
+    values = np.array([[r[c] for c in columns] for r in rows], float)
+    groups = {f"eps {a + 1}-{min(a + 4, len(columns) - 1)}": values[:, a:min(a + 4, len(columns) - 1)].mean(1)
+              for a in range(0, len(columns) - 1, 4)}
+    groups["deterministic"] = values[:, -1]
+    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks "
+          "(mean +- standard error over lifetimes)")
+    print("  " + " | ".join(f"{name} {v.mean():.3f} +- {v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0:.3f}"
+                            for name, v in groups.items()))
+    print("  per episode: " + " ".join(f"{m:.2f}" for m in values.mean(0)[:-1]))
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_reward_trace(path, record, args):
+    """What the network rewards: per step of one evaluation lifetime, the intrinsic reward next to
+    the shaped reward and the sparse signal. Returns their correlations."""
+    L = args.lifetime_steps
+    columns = {"intrinsic_reward": record["r_int"], "shaped_reward": record["shaped"][:L],
+               "sparse_reward": record["sparse"][:L], "success": record["success"][:L]}
+    write_csv(path, [{"step": t, "episode": t // args.max_episode_steps + 1, **{k: float(v[t]) for k, v in columns.items()}}
+                     for t in range(L)])
+    corr = lambda a, b: float(np.corrcoef(a.numpy(), b.numpy())[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    return corr(columns["intrinsic_reward"], columns["shaped_reward"]), corr(columns["intrinsic_reward"], columns["sparse_reward"])
+
+
+def run_evaluation(args, run_dir, benchmark, envs, reward_net, device):
+    """The paper's table row for args.inner_reward: evaluate on the held-out split, write the CSVs."""
+    classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
+                      else (benchmark.train_classes, benchmark.train_tasks))
+    tasks = sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
+    rows, first = evaluate(envs, tasks, reward_net, args, device, args.eval_repeats)
+    for row in rows:
+        row["inner_reward"] = args.inner_reward
+    write_csv(os.path.join(run_dir, "eval.csv"), rows)
+    write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
+    print_eval_table(rows, success_columns(args), f"evaluation ({args.inner_reward}, {args.eval_split} tasks)")
+    if args.inner_reward == "intrinsic":
+        c_shaped, c_sparse = write_reward_trace(os.path.join(run_dir, "reward_trace.csv"), first, args)
+        print(f"  first lifetime: corr(intrinsic, shaped) = {c_shaped:.3f}, corr(intrinsic, sparse) = {c_sparse:.3f}")
+    print(f"wrote {os.path.join(run_dir, 'eval.csv')}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+SCRIPT = "metareward"
+VALIDATION_SEED_OFFSET = 10_000  # the validation goals come from the benchmark built with seed + this
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: reported as one line before any work is done."""
+
+
+def save_checkpoint(path, **state):
+    """Atomic: a crash while writing leaves the previous file intact (temp file, then rename)."""
+    torch.save({"script": SCRIPT, **state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {type(e).__name__}")
+    if not isinstance(ckpt, dict) or not {"script", "args", "reward_net"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not a checkpoint of this project")
+    if ckpt["script"] != SCRIPT:
+        raise CheckpointError(f"{path} was written by {ckpt['script']}.py, not {SCRIPT}.py")
+    return ckpt
+
+
+def reward_net_from(ckpt, path, device="cpu"):
     reward_net = RewardNet(ckpt["args"]["reward_std_scale"]).to(device)
-    reward_net.load_state_dict(ckpt["reward_net"])
+    try:
+        reward_net.load_state_dict(ckpt["reward_net"])
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path} does not fit this script's reward network: {reason}")
     return reward_net
 
 
-def explained_variance(y_pred, y_true):
-    var_y = y_true.var()
-    return float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
+def load_reward_net(path, device="cpu"):
+    """The reward network of a checkpoint (checkpoint.pt or reward_net_best.pt)."""
+    return reward_net_from(load_checkpoint(path), path, device)
 
 
-def update_metrics(batch, advantages, returns, args):
+def rng_states(task_rng):
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "task": task_rng.bit_generator.state,
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+
+
+def set_rng_states(states, task_rng):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    task_rng.bit_generator.state = states["task"]
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+# ---------------------------------------------------------------------------------------------
+# Meta-training (Algorithm 1) and main
+# ---------------------------------------------------------------------------------------------
+def update_metrics(batch, returns, args):
     """What one outer update logs about its lifetimes (success per episode index, shaped return)."""
     n, L = batch["shaped"].shape
     T = args.max_episode_steps
-    success = batch["success"].view(n, L // T, T).amax(-1).mean(0)  # success rate per episode index
-    row = {f"charts/success_ep{i + 1:02d}": float(v) for i, v in enumerate(success)}
+    row = {f"charts/{c}": float(v) for c, v in zip(success_columns(args), episode_success(batch["success"], T).mean(0))}
     row["charts/shaped_return"] = float(batch["shaped"].view(n, L // T, T).sum(-1).mean())
     row["charts/intrinsic_reward_mean"] = float(batch["r_int"].mean())
     row["charts/intrinsic_reward_std"] = float(batch["r_int"].std())
-    row["losses/explained_variance"] = explained_variance(batch["r_values"], returns)
+    var = returns.var()
+    row["losses/explained_variance"] = float("nan") if var == 0 else float(1 - (returns - batch["r_values"]).var() / var)
     return row
 
 
+def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
+    """Algorithm 1: outer updates of the reward network, each from N lockstep lifetimes. Logs a CSV
+    row per update, validates every --val-every updates (keeping the best network), checkpoints every
+    --save-every updates and at the end; with ckpt (--resume) it continues exactly where that stopped."""
+    reward_net = RewardNet(args.reward_std_scale).to(device)
+    optimizer = torch.optim.Adam(reward_net.parameters(), lr=args.meta_learning_rate, eps=1e-5)
+    normalizer = ShapedRewardNormalizer(benchmark.train_classes, args.reward_scale)
+    task_rng = np.random.default_rng(args.seed)
+    val_tasks = []
+    if args.val_every:
+        val_benchmark = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)
+        val_tasks = sample_tasks(val_benchmark.train_classes, val_benchmark.train_tasks, args.val_tasks, None)
+    progress, best_val, first_update = os.path.join(run_dir, "progress.csv"), -np.inf, 1
+    if ckpt is None:
+        os.makedirs(run_dir, exist_ok=True)
+        fieldnames = None
+    else:  # resume: restore every piece of state, and drop CSV rows written after the checkpoint
+        reward_net.load_state_dict(ckpt["reward_net"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        normalizer.count, normalizer.mean = dict(ckpt["normalizer"]["count"]), dict(ckpt["normalizer"]["mean"])
+        set_rng_states(ckpt["rng"], task_rng)
+        best_val, first_update = ckpt["best_val"], ckpt["update"] + 1
+        if not os.path.isfile(progress):
+            raise CheckpointError(f"the run folder of {args.resume} has no progress.csv to continue")
+        with open(progress, newline="") as f:
+            reader = csv.DictReader(f)
+            fieldnames, kept = reader.fieldnames, [r for r in reader if int(r["update"]) <= ckpt["update"]]
+        with open(progress + ".tmp", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(progress + ".tmp", progress)
+
+    steps_per_outer = args.lifetimes_per_update * args.lifetime_steps
+    start_time = time.time()
+    episodes = args.lifetime_steps // args.max_episode_steps
+    last4 = [f"success_ep{e:02d}" for e in range(max(1, episodes - 3), episodes + 1)]
+    for update in range(first_update, args.num_outer_updates + 1):
+        update_start, timer = time.perf_counter(), Timer()
+        try:
+            # sample N training tasks; N fresh inner agents live one lifetime each, learning from r^i
+            tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
+            classes = [task.env_name for task in tasks]
+            batch = run_lifetimes(envs, tasks, reward_net, args, device, timer)
+            # the outer reward r~, the meta-advantages A_t, and the PPO update of phi (SPEC 4)
+            t0 = time.perf_counter()
+            normalizer.update(batch["shaped"], classes)
+            advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["r_values"], args)
+            t0 = timer.add("estimator", t0)
+            stats = outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args)
+            timer.add("outer_ppo", t0)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"update {update}: {e}; the last good checkpoint is kept in {run_dir}") from None
+        seconds = time.perf_counter() - update_start
+        row = {"update": update, "global_step": update * steps_per_outer, "charts/SPS": steps_per_outer / seconds,
+               "charts/seconds_per_update": seconds}
+        row.update(update_metrics(batch, returns, args))
+        row.update({f"losses/{k}": v for k, v in stats.items()})
+        row.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        row.update({"val/success_last4": "", "val/success_det": ""})
+        if args.val_every and update % args.val_every == 0:  # held-out validation lifetimes, deterministic r^i
+            val_rows, _ = evaluate(envs, val_tasks, reward_net, args, device, repeats=1)
+            row["val/success_last4"] = float(np.mean([[r[c] for c in last4] for r in val_rows]))
+            row["val/success_det"] = float(np.mean([r["success_det"] for r in val_rows]))
+            score = (row["val/success_last4"] + row["val/success_det"]) / 2
+            if score > best_val:
+                best_val = score
+                save_checkpoint(os.path.join(run_dir, "reward_net_best.pt"), args=asdict(args), update=update,
+                                reward_net=reward_net.state_dict(), val_score=score)
+        with open(progress, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames or list(row))
+            if fieldnames is None:
+                writer.writeheader()
+                fieldnames = list(row)
+            writer.writerow(row)
+        if update % args.save_every == 0 or update == args.num_outer_updates:
+            save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=asdict(args), update=update,
+                            reward_net=reward_net.state_dict(), optimizer=optimizer.state_dict(),
+                            normalizer={"count": normalizer.count, "mean": normalizer.mean},
+                            rng=rng_states(task_rng), best_val=best_val)
+        eta = (time.time() - start_time) / (update - first_update + 1) * (args.num_outer_updates - update)
+        val = "" if row["val/success_det"] == "" else \
+            f" | val last4 {row['val/success_last4']:.2f} det {row['val/success_det']:.2f}"
+        print(f"update {update}/{args.num_outer_updates} | SPS {row['charts/SPS']:.0f} | success last 4 eps "
+              f"{np.mean([row[f'charts/{c}'] for c in last4]):.2f} | shaped return {row['charts/shaped_return']:.1f} | "
+              f"kl {stats['approx_kl']:.4f}{val} | ETA {eta / 3600:.1f} h", flush=True)
+    return reward_net
+
+
 def main(args):
+    ckpt = None
+    if args.resume:  # the checkpoint's settings; only these three may change
+        ckpt = load_checkpoint(args.resume)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"{args.resume} holds only a reward network; --resume needs a run's checkpoint.pt")
+        try:
+            saved = Args(**ckpt["args"])
+        except TypeError as e:
+            raise CheckpointError(f"{args.resume} has settings this script does not know: {e}")
+        args = replace(saved, resume=args.resume, num_workers=args.num_workers, cuda=args.cuda,
+                       num_outer_updates=args.num_outer_updates or saved.num_outer_updates)
+    elif args.eval_checkpoint:
+        ckpt = load_checkpoint(args.eval_checkpoint)
     check_args(args)
-    run_name = f"{args.benchmark}_{args.env_name if args.benchmark == 'ML1' else 'all'}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -662,54 +932,20 @@ def main(args):
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     benchmark = make_benchmark(args)
-    task_rng = np.random.default_rng(args.seed)
-    sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)  # validate
-    envs = LockstepEnvs(benchmark.train_classes, args.lifetimes_per_update, args.max_episode_steps, args.num_workers)
-    reward_net = RewardNet(args.reward_std_scale).to(device)
-    optimizer = torch.optim.Adam(reward_net.parameters(), lr=args.meta_learning_rate, eps=1e-5)
-    normalizer = ShapedRewardNormalizer(benchmark.train_classes, args.reward_scale)
-    os.makedirs(run_dir, exist_ok=True)
+    sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, None)  # enough tasks?
+    mode = "eval" if args.eval_checkpoint else {"intrinsic": "meta"}.get(args.inner_reward, args.inner_reward)
+    task_name = args.env_name if args.benchmark == "ML1" else "ML10"
+    run_dir = (os.path.dirname(args.resume) if args.resume else
+               os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
+    reward_net = reward_net_from(ckpt, args.eval_checkpoint, device) if args.eval_checkpoint else None
+    envs = LockstepEnvs({**benchmark.train_classes, **benchmark.test_classes}, args.max_episode_steps, args.num_workers)
     print(f"run folder: {run_dir}")
-
-    csv_file, writer = open(os.path.join(run_dir, "progress.csv"), "w", newline=""), None
-    steps_per_outer = args.lifetimes_per_update * args.lifetime_steps
-    start_time = time.time()
     try:
-        for update in range(1, args.num_outer_updates + 1):
-            update_start, timer = time.perf_counter(), Timer()
-            # Alg. 1: sample N training tasks, run N lifetimes of fresh inner agents on r^i
-            tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
-            classes = [task.env_name for task in tasks]
-            batch = run_lifetimes(envs, tasks, reward_net, args, device, timer)
-            # the outer reward r~ and the meta-advantages A_t (SPEC 4)
-            t0 = time.perf_counter()
-            normalizer.update(batch["shaped"], classes)
-            advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["r_values"], args)
-            t0 = timer.add("estimator", t0)
-            stats = outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args)
-            timer.add("outer_ppo", t0)
-
-            seconds = time.perf_counter() - update_start
-            row = {"update": update, "global_step": update * steps_per_outer, "charts/SPS": steps_per_outer / seconds,
-                   "charts/seconds_per_update": seconds}
-            row.update(update_metrics(batch, advantages, returns, args))
-            row.update({f"losses/{k}": v for k, v in stats.items()})
-            row.update({f"time/{k}": v for k, v in timer.seconds.items()})
-            if writer is None:
-                writer = csv.DictWriter(csv_file, fieldnames=list(row))
-                writer.writeheader()
-            writer.writerow(row)
-            csv_file.flush()
-            if update % args.save_every == 0 or update == args.num_outer_updates:
-                save_reward_net(os.path.join(run_dir, "reward_net.pt"), reward_net, args, update)
-            eta = (time.time() - start_time) / update * (args.num_outer_updates - update)
-            ep = args.lifetime_steps // args.max_episode_steps
-            late = np.mean([row[f"charts/success_ep{i:02d}"] for i in range(max(1, ep - 3), ep + 1)])
-            print(f"update {update}/{args.num_outer_updates} | SPS {row['charts/SPS']:.0f} | "
-                  f"success last 4 eps {late:.2f} | shaped return {row['charts/shaped_return']:.1f} | "
-                  f"kl {stats['approx_kl']:.4f} | ETA {eta / 3600:.1f} h", flush=True)
+        if args.inner_reward == "intrinsic" and not args.eval_checkpoint:
+            reward_net = meta_train(args, run_dir, benchmark, envs, device, ckpt)
+        os.makedirs(run_dir, exist_ok=True)
+        run_evaluation(args, run_dir, benchmark, envs, reward_net, device)
     finally:
-        csv_file.close()
         envs.close()
     return run_dir
 

@@ -19,7 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # A lifetime of 6 episodes of 10 steps, inner updates after steps 20 and 40 (the paper's shape, shrunk).
 TINY = dict(max_episode_steps=10, steps_per_update=20, lifetime_steps=60, lifetimes_per_update=3,
             num_outer_updates=2, update_epochs=2, num_minibatches=2, tbptt_len=16, meta_update_epochs=2,
-            meta_nsteps=(25, 30, 35), meta_nsteps_fallback=(1, 6, 11), save_every=1)
+            meta_nsteps=(25, 30, 35), meta_nsteps_fallback=(1, 6, 11), save_every=1,
+            val_every=1, val_tasks=2, eval_tasks=2, eval_repeats=2)
 
 
 def tiny_args(**kw):
@@ -39,7 +40,7 @@ def tiny_rollout(ml1):
     args = tiny_args()
     torch.manual_seed(0)
     tasks = mr.sample_tasks(ml1.train_classes, ml1.train_tasks, args.lifetimes_per_update, np.random.default_rng(0))
-    envs = mr.LockstepEnvs(ml1.train_classes, len(tasks), args.max_episode_steps, 1)
+    envs = mr.LockstepEnvs(ml1.train_classes, args.max_episode_steps, 1)
     reward_net = mr.RewardNet(args.reward_std_scale)
     batch = mr.run_lifetimes(envs, tasks, reward_net, args, torch.device("cpu"), mr.Timer())
     envs.close()
@@ -82,6 +83,7 @@ class FakeEnvs:
         self.n, self.rng = n, np.random.default_rng(seed)
 
     def set_tasks(self, tasks):
+        self.n = len(tasks)
         return self.rng.standard_normal((self.n, mr.OBS_DIM)).astype(np.float32)
 
     def step(self, actions):
@@ -347,9 +349,9 @@ def test_end_to_end_tiny_run(tmp_path, monkeypatch):
         succ = [float(r[f"charts/success_ep{i:02d}"]) for i in range(1, 7)]
         assert all(0.0 <= s <= 1.0 for s in succ)
         assert np.isfinite([float(r[k]) for k in ("losses/value_loss", "losses/policy_loss", "charts/SPS")]).all()
-    ckpt = torch.load(os.path.join(run_dir, "reward_net.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert ckpt["script"] == "metareward" and ckpt["update"] == 2
-    net = mr.load_reward_net(os.path.join(run_dir, "reward_net.pt"))
+    net = mr.load_reward_net(os.path.join(run_dir, "checkpoint.pt"))
     torch.manual_seed(3)  # main() seeds, then builds the reward network before anything else draws
     initial = mr.RewardNet(0.2)
     assert all(p.shape == q.shape for p, q in zip(net.parameters(), initial.parameters()))
@@ -401,3 +403,185 @@ def test_bad_input_from_the_command_line():
                           capture_output=True, text=True, cwd=HERE, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown --env-name 'nope'" in proc.stderr
+
+
+# Evaluation, baselines, resume, reproducibility, bad checkpoints ------------------------------------
+TIMING = ("charts/SPS", "charts/seconds_per_update")
+
+
+def untimed(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
+
+
+@pytest.mark.parametrize("mode", ["intrinsic", "sparse", "shaped"])
+def test_inner_ppo_learns_from_the_chosen_reward(mode, monkeypatch):
+    """The rewards GAE receives are r^i, the sparse signal or the shaped reward, block by block."""
+    seen = []
+    real_gae = mr.gae
+    monkeypatch.setattr(mr, "gae", lambda r, *a: seen.append(r.clone()) or real_gae(r, *a))
+    args = tiny_args(inner_reward=mode)
+    batch = mr.run_lifetimes(FakeEnvs(3, 1), [None] * 3, mr.RewardNet(), args, torch.device("cpu"), mr.Timer())
+    source = {"intrinsic": batch["r_int"], "sparse": batch["sparse"], "shaped": batch["shaped"]}[mode]
+    assert len(seen) == 2  # two inner updates per lifetime
+    for i, r in enumerate(seen):
+        assert torch.equal(r, source[:, i * 20:(i + 1) * 20])
+    if mode != "intrinsic":
+        assert torch.all(batch["rn_inputs"] == 0)  # the baselines never run the reward network
+
+
+def test_evaluation_uses_mean_reward_and_deterministic_episodes():
+    args = tiny_args()
+    torch.manual_seed(0)
+    net = mr.RewardNet()
+    rows, first = mr.evaluate(FakeEnvs(3, 2), [FakeTask("t0"), FakeTask("t1")], net, args, torch.device("cpu"), 2)
+    assert [(r["task"], r["repeat"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    T, L = args.max_episode_steps, args.lifetime_steps
+    assert first["success"].shape == (L + 4 * T,)  # 6 learning episodes, then 4 deterministic ones
+    per_episode = [float(first["success"][e * T:(e + 1) * T].max()) for e in range(10)]
+    assert [rows[0][f"success_ep{e:02d}"] for e in range(1, 7)] == per_episode[:6]
+    assert rows[0]["success_det"] == pytest.approx(np.mean(per_episode[6:]))
+    _, _, means = replay(net, {"rn_inputs": first["rn_inputs"][None], "r_int": first["r_int"][None]}, 16, 16)
+    torch.testing.assert_close(first["r_int"], means[0], atol=1e-5, rtol=0)  # deterministic: r^i = its mean
+
+
+class FakeTask:
+    def __init__(self, name):
+        self.env_name = name
+
+
+def test_summary_statistics():
+    rows = [{"task": t, "success_ep01": v, "success_det": d} for t, v, d in [(0, 1, .5), (0, 0, .25), (1, 1, 1.)]]
+    summary = {(s["task"], s["episode"]): s for s in mr.summarize(rows, ["success_ep01", "success_det"])}
+    assert summary["all", "ep01"]["mean"] == pytest.approx(2 / 3)
+    assert summary["all", "ep01"]["stderr"] == pytest.approx(np.std([1, 0, 1], ddof=1) / np.sqrt(3))
+    assert summary[0, "det"]["mean"] == pytest.approx(0.375) and summary[1, "det"]["lifetimes"] == 1
+
+
+def check_eval_dir(run_dir, n_rows, mode):
+    rows = read_csv(os.path.join(run_dir, "eval.csv"))
+    assert len(rows) == n_rows and {r["inner_reward"] for r in rows} == {mode}
+    cols = [f"success_ep{i:02d}" for i in range(1, 7)] + ["success_det"]
+    assert all(0.0 <= float(r[c]) <= 1.0 for r in rows for c in cols)
+    summary = read_csv(os.path.join(run_dir, "eval_summary.csv"))
+    assert len(summary) == (1 + 2) * len(cols)  # all tasks, then each of the 2 tasks
+    return rows
+
+
+def test_train_then_evaluate_and_both_baselines(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = mr.main(tiny_args(seed=3))
+    check_eval_dir(run_dir, 2 * 2, "intrinsic")
+    trace = read_csv(os.path.join(run_dir, "reward_trace.csv"))
+    assert len(trace) == 60 and set(trace[0]) == {"step", "episode", "intrinsic_reward", "shaped_reward",
+                                                   "sparse_reward", "success"}
+    out = capsys.readouterr().out
+    assert "corr(intrinsic, shaped)" in out and "deterministic" in out
+    best = os.path.join(run_dir, "reward_net_best.pt")
+    eval_dir = mr.main(tiny_args(seed=3, eval_checkpoint=best, exp_name="e"))
+    check_eval_dir(eval_dir, 4, "intrinsic")
+    assert not os.path.exists(os.path.join(eval_dir, "progress.csv"))  # no meta-training
+    for mode in ("sparse", "shaped"):
+        check_eval_dir(mr.main(tiny_args(seed=3, inner_reward=mode)), 4, mode)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = dict(num_outer_updates=4, save_every=2, eval_tasks=1, eval_repeats=1)
+    straight = mr.main(tiny_args(exp_name="straight", **args))
+    real_update, calls = mr.outer_ppo_update, []
+
+    def crash_in_update_4(*a):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_update(*a)
+
+    monkeypatch.setattr(mr, "outer_ppo_update", crash_in_update_4)
+    with pytest.raises(KeyboardInterrupt):
+        mr.main(tiny_args(exp_name="crashed", **args))
+    monkeypatch.setattr(mr, "outer_ppo_update", real_update)
+    crashed = next(d for d in (tmp_path / "runs").iterdir() if "crashed" in d.name)
+    assert len(read_csv(crashed / "progress.csv")) == 3  # update 3 was logged after the last checkpoint (2)
+    resumed = mr.main(mr.Args(resume=str(crashed / "checkpoint.pt")))
+    assert resumed == str(crashed)
+    assert untimed(read_csv(os.path.join(straight, "progress.csv"))) == untimed(read_csv(crashed / "progress.csv"))
+    a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True) for d in (straight, crashed))
+    assert a["update"] == b["update"] == 4
+    assert all(torch.equal(a["reward_net"][k], b["reward_net"][k]) for k in a["reward_net"])
+    assert read_csv(os.path.join(straight, "eval.csv")) == read_csv(crashed / "eval.csv")
+
+
+def test_same_seed_same_csv_other_seed_differs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = [mr.main(tiny_args(seed=s, exp_name=f"r{i}", num_outer_updates=1, eval_tasks=1, eval_repeats=1))
+            for i, s in enumerate((5, 5, 6))]
+    progress = [untimed(read_csv(os.path.join(r, "progress.csv"))) for r in runs]
+    evals = [read_csv(os.path.join(r, "eval.csv")) for r in runs]
+    assert progress[0] == progress[1] and evals[0] == evals[1]
+    assert progress[0] != progress[2]
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    cwd, folder = os.getcwd(), tmp_path_factory.mktemp("ckpt")
+    os.chdir(folder)
+    try:
+        run_dir = mr.main(tiny_args(num_outer_updates=1, eval_tasks=1, eval_repeats=1))
+    finally:
+        os.chdir(cwd)
+    return os.path.join(folder, run_dir, "checkpoint.pt")
+
+
+def bad_copy(path, tmp_path, change):
+    ckpt = torch.load(path, weights_only=True)
+    change(ckpt)
+    out = str(tmp_path / "bad.pt")
+    torch.save(ckpt, out)
+    return out
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "other_script", "sizes", "net_only_resume"])
+def test_bad_checkpoints_exit_with_one_line(case, saved_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flag, expected = "--eval-checkpoint", ""
+    if case == "missing":
+        path, expected = str(tmp_path / "nope.pt"), "checkpoint not found"
+    elif case == "truncated":
+        path, expected = str(tmp_path / "half.pt"), "truncated or not a checkpoint"
+        data = open(saved_checkpoint, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    elif case == "other_script":
+        path = bad_copy(saved_checkpoint, tmp_path, lambda c: c.update(script="metareward_advantage"))
+        expected = "was written by metareward_advantage.py, not metareward.py"
+    elif case == "sizes":
+        path = bad_copy(saved_checkpoint, tmp_path, lambda c: c["reward_net"].update(
+            {"fc1.weight": torch.zeros(100, mr.RN_INPUT_DIM)}))
+        expected = "does not fit this script's reward network"
+    else:
+        path = bad_copy(saved_checkpoint, tmp_path, lambda c: c.pop("optimizer"))
+        flag, expected = "--resume", "holds only a reward network"
+    with pytest.raises(SystemExit) as exc:
+        mr.cli([flag, path])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err and expected in err
+    assert not os.path.exists("runs")
+
+
+def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    real, calls = mr.meta_advantages, []
+
+    def nan_in_update_2(*a):
+        calls.append(1)
+        adv, ret = real(*a)
+        return (adv * np.nan, ret) if len(calls) == 2 else (adv, ret)
+
+    monkeypatch.setattr(mr, "meta_advantages", nan_in_update_2)
+    with pytest.raises(SystemExit) as exc:
+        mr.cli([f"--{k.replace('_', '-')}={' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+                for k, v in TINY.items() if not isinstance(v, tuple)] +
+               ["--meta-nsteps", "25", "30", "35", "--meta-nsteps-fallback", "1", "6", "11", "--num-outer-updates", "3"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err and "update 2: non-finite outer loss" in err
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["update"] == 1
