@@ -29,6 +29,20 @@ def tiny_args(**kw):
     return args
 
 
+_real_make_benchmark, _benchmarks = mr.make_benchmark, {}
+
+
+@pytest.fixture(autouse=True)
+def cached_benchmarks(monkeypatch):
+    """Build each MetaWorld benchmark (seconds of env resets) once per test session."""
+    def make_benchmark(args, seed=None):
+        key = (args.benchmark, args.env_name, args.seed if seed is None else seed)
+        if key not in _benchmarks:
+            _benchmarks[key] = _real_make_benchmark(args, seed)
+        return _benchmarks[key]
+    monkeypatch.setattr(mr, "make_benchmark", make_benchmark)
+
+
 @pytest.fixture(scope="module")
 def ml1():
     return metaworld.ML1("door-close-v3", seed=1)
