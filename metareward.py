@@ -2,7 +2,7 @@
 
 Pappalardo, Ramele, Santos (2024), arXiv 2407.21546, read with ../shared/SPEC.md beside it.
 
-An LSTM "reward agent" (RewardNet) watches a fresh PPO agent learn a MetaWorld task from a sparse
+An LSTM "reward agent" (MetaNet) watches a fresh PPO agent learn a MetaWorld task from a sparse
 signal and emits an intrinsic reward r^i_t at every step; the inner PPO learns from r^i only.
 The reward agent is itself trained with PPO (truncated BPTT) to maximise the *shaped* return the
 inner agents reach over their lifetimes. One outer update = N lifetimes run in lockstep: the N
@@ -29,7 +29,7 @@ import tyro
 from torch.distributions.normal import Normal
 
 OBS_DIM, ACT_DIM = 39, 4
-RN_INPUT_DIM = OBS_DIM + ACT_DIM + 4  # [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)]
+META_INPUT_DIM = OBS_DIM + ACT_DIM + 4  # [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)]
 # Per-step inference runs on 1 thread (tiny ops; more threads fight the env workers for the cores);
 # the inner and outer PPO updates, during which the env workers idle, use all of them.
 UPDATE_THREADS = torch.get_num_threads()
@@ -89,8 +89,8 @@ class Args:
     """gradient-norm clip of the outer PPO"""
     meta_target_kl: float = 0.01
     """stop the outer epochs once an epoch's approximate KL exceeds this"""
-    reward_std_scale: float = 0.2
-    """std of the intrinsic reward = reward_std_scale * exp(head(h_t))"""
+    meta_std_scale: float = 0.2
+    """std of the intrinsic reward = meta_std_scale * exp(head(h_t))"""
 
     # The inner PPO (SPEC 2), re-initialised for every lifetime
     steps_per_update: int = 2000
@@ -361,14 +361,15 @@ class InnerAgents(nn.Module):
         return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1), self.get_value(obs)
 
 
-class RewardNet(nn.Module):
-    """The intrinsic-reward agent (SPEC 3): encoder, an LSTM over the whole lifetime, and heads for
-    the mean arctan(.) and std reward_std_scale * exp(.) of r^i_t, and the outer critic V_t."""
+class MetaNet(nn.Module):
+    """The meta-learned network phi, here the intrinsic-reward agent (SPEC 3): encoder, an LSTM over
+    the whole lifetime, and heads for the mean arctan(.) and std meta_std_scale * exp(.) of its
+    action r^i_t, and the outer critic V_t."""
 
     def __init__(self, std_scale=0.2):
         super().__init__()
         self.std_scale = std_scale
-        self.fc1 = layer_init(nn.Linear(RN_INPUT_DIM, 124))
+        self.fc1 = layer_init(nn.Linear(META_INPUT_DIM, 124))
         self.fc2 = layer_init(nn.Linear(128, 28))
         self.lstm = nn.LSTM(32, 128, batch_first=True)
         for name, param in self.lstm.named_parameters():
@@ -466,10 +467,10 @@ class Timer:
         return time.perf_counter()
 
 
-def run_lifetimes(envs, tasks, reward_net, args, device, timer, evaluation=False):
+def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
     """The inner loop of Alg. 1: N fresh inner agents each live one lifetime on their task and learn
     from args.inner_reward only: r^i from the reward network (sampled in training, its mean in
-    evaluation), or the sparse or shaped env reward (the baselines; reward_net unused).
+    evaluation), or the sparse or shaped env reward (the baselines; meta_net unused).
     In evaluation, `--eval-deterministic-episodes` episodes of the final policy's mean action follow.
 
     Returns the per-step record (N, steps, ...) of everything the outer update and the logs need."""
@@ -480,14 +481,14 @@ def run_lifetimes(envs, tasks, reward_net, args, device, timer, evaluation=False
     optimizer = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
     z = lambda *shape: torch.zeros((n, steps) + shape, device=device)
     obs, actions, logprobs, values = z(OBS_DIM), z(ACT_DIM), z(), z()
-    rn_inputs, r_int, r_logprobs, r_values = z(RN_INPUT_DIM), z(), z(), z()
+    meta_inputs, r_int, meta_logprobs, meta_values = z(META_INPUT_DIM), z(), z(), z()
     sparse, shaped, success = z(), z(), z()
     inner_rewards = {"intrinsic": r_int, "sparse": sparse, "shaped": shaped}[args.inner_reward]
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     next_obs = torch.as_tensor(envs.set_tasks(tasks), device=device)
-    state = reward_net.initial_state(n, device) if intrinsic else None
+    state = meta_net.initial_state(n, device) if intrinsic else None
     prev_r, solved = torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device)
     t0 = timer.add("env", t0)
     for t in range(steps):
@@ -509,14 +510,14 @@ def run_lifetimes(envs, tasks, reward_net, args, device, timer, evaluation=False
             # reward-network input x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)] (SPEC 3)
             x = torch.cat([obs[:, t], actions[:, t], logprobs[:, t, None].exp(), 3.0 * sparse[:, t, None],
                            torch.full((n, 1), 2.0 if k == 0 else 0.0, device=device), prev_r[:, None]], 1)
-            rn_inputs[:, t] = x
+            meta_inputs[:, t] = x
             with torch.no_grad():
-                mean, std, r_value, state = reward_net(x[:, None], state)
+                mean, std, r_value, state = meta_net(x[:, None], state)
                 probs = Normal(mean[:, 0], std[:, 0], validate_args=False)
                 # r^i_t ~ N(mean, std) in training (its mean in evaluation): what the inner PPO gets and
                 # what is fed back
                 prev_r = probs.mean if evaluation else probs.sample()
-            r_int[:, t], r_logprobs[:, t], r_values[:, t] = prev_r, probs.log_prob(prev_r), r_value[:, 0]
+            r_int[:, t], meta_logprobs[:, t], meta_values[:, t] = prev_r, probs.log_prob(prev_r), r_value[:, 0]
             t0 = timer.add("inference", t0)
 
         if (t + 1) % U == 0 and t + 1 < L:  # the inner PPO update after each block of U steps
@@ -529,8 +530,8 @@ def run_lifetimes(envs, tasks, reward_net, args, device, timer, evaluation=False
             torch.set_num_threads(1)
             t0 = timer.add("inner_ppo", t0)
     torch.set_num_threads(UPDATE_THREADS)
-    return dict(rn_inputs=rn_inputs[:, :L], r_int=r_int[:, :L], r_logprobs=r_logprobs[:, :L],
-                r_values=r_values[:, :L], sparse=sparse, shaped=shaped, success=success)
+    return dict(meta_inputs=meta_inputs[:, :L], r_int=r_int[:, :L], meta_logprobs=meta_logprobs[:, :L],
+                meta_values=meta_values[:, :L], sparse=sparse, shaped=shaped, success=success)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,12 +601,12 @@ def tbptt_chunks(num_steps, tbptt_len, offset):
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args):
+def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
     """PPO on the reward agent with truncated BPTT (SPEC 4). The stored inputs are replayed exactly
     from a zero state; the hidden state is carried across chunks but detached between them.
     The policy and entropy terms use the steps before the last inner update (later rewards feed no
     update); the value loss uses every step, because the estimator bootstraps from all of them."""
-    x, r, old_logprobs = batch["rn_inputs"], batch["r_int"], batch["r_logprobs"]
+    x, r, old_logprobs = batch["meta_inputs"], batch["r_int"], batch["meta_logprobs"]
     n, L = r.shape
     policy_steps = L - args.steps_per_update
     adv = advantages[:, :policy_steps]
@@ -613,10 +614,10 @@ def outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args):
     stats = dict(policy_loss=[], value_loss=[], entropy=[], old_approx_kl=[], approx_kl=[], clipfrac=[])
     for epoch in range(args.meta_update_epochs):
         offset = int(torch.randint(1, args.tbptt_len + 1, ()))
-        state = reward_net.initial_state(n, x.device)
+        state = meta_net.initial_state(n, x.device)
         kl_sum, kl_count = 0.0, 0
         for a, b in tbptt_chunks(L, args.tbptt_len, offset):
-            mean, std, newvalue, state = reward_net(x[:, a:b], state)
+            mean, std, newvalue, state = meta_net(x[:, a:b], state)
             state = tuple(h.detach() for h in state)
             v_loss = 0.5 * (newvalue - returns[:, a:b]).pow(2).mean()
             loss = args.meta_vf_coef * v_loss
@@ -644,7 +645,7 @@ def outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args):
             stats["value_loss"].append(v_loss.item())
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(reward_net.parameters(), args.meta_max_grad_norm)
+            nn.utils.clip_grad_norm_(meta_net.parameters(), args.meta_max_grad_norm)
             optimizer.step()
         if kl_count and kl_sum / kl_count > args.meta_target_kl:
             break
@@ -666,7 +667,7 @@ def success_columns(args):
     return [f"success_ep{e + 1:02d}" for e in range(args.lifetime_steps // args.max_episode_steps)] + ["success_det"]
 
 
-def evaluate(envs, tasks, reward_net, args, device, repeats):
+def evaluate(envs, tasks, meta_net, args, device, repeats):
     """SPEC 6: for each task, `repeats` lifetimes of a fresh agent learning from the deterministic
     signal, then episodes of its deterministic final policy; lifetimes run in lockstep batches of N.
     Returns one row per lifetime (success per episode index, and the deterministic point: the mean
@@ -675,7 +676,7 @@ def evaluate(envs, tasks, reward_net, args, device, repeats):
     episodes, rows, first = args.lifetime_steps // args.max_episode_steps, [], None
     for start in range(0, len(lifetimes), args.lifetimes_per_update):
         chunk = lifetimes[start:start + args.lifetimes_per_update]
-        batch = run_lifetimes(envs, [tasks[i] for i, _ in chunk], reward_net, args, device, Timer(), evaluation=True)
+        batch = run_lifetimes(envs, [tasks[i] for i, _ in chunk], meta_net, args, device, Timer(), evaluation=True)
         for (i, rep), s in zip(chunk, episode_success(batch["success"], args.max_episode_steps).tolist()):
             row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": args.seed}
             row.update(zip(success_columns(args), s[:episodes] + [float(np.mean(s[episodes:]))]))
@@ -727,12 +728,12 @@ def write_reward_trace(path, record, args):
     return corr(columns["intrinsic_reward"], columns["shaped_reward"]), corr(columns["intrinsic_reward"], columns["sparse_reward"])
 
 
-def run_evaluation(args, run_dir, benchmark, envs, reward_net, device):
+def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
     """The paper's table row for args.inner_reward: evaluate on the held-out split, write the CSVs."""
     classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
                       else (benchmark.train_classes, benchmark.train_tasks))
     tasks = sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
-    rows, first = evaluate(envs, tasks, reward_net, args, device, args.eval_repeats)
+    rows, first = evaluate(envs, tasks, meta_net, args, device, args.eval_repeats)
     for row in rows:
         row["inner_reward"] = args.inner_reward
     write_csv(os.path.join(run_dir, "eval.csv"), rows)
@@ -769,26 +770,26 @@ def load_checkpoint(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {type(e).__name__}")
-    if not isinstance(ckpt, dict) or not {"script", "args", "reward_net"} <= set(ckpt):
+    if not isinstance(ckpt, dict) or not {"script", "args", "meta_net"} <= set(ckpt):
         raise CheckpointError(f"{path} is not a checkpoint of this project")
     if ckpt["script"] != SCRIPT:
         raise CheckpointError(f"{path} was written by {ckpt['script']}.py, not {SCRIPT}.py")
     return ckpt
 
 
-def reward_net_from(ckpt, path, device="cpu"):
-    reward_net = RewardNet(ckpt["args"]["reward_std_scale"]).to(device)
+def meta_net_from(ckpt, path, device="cpu"):
+    meta_net = MetaNet(ckpt["args"]["meta_std_scale"]).to(device)
     try:
-        reward_net.load_state_dict(ckpt["reward_net"])
+        meta_net.load_state_dict(ckpt["meta_net"])
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1].strip()
         raise CheckpointError(f"{path} does not fit this script's reward network: {reason}")
-    return reward_net
+    return meta_net
 
 
-def load_reward_net(path, device="cpu"):
-    """The reward network of a checkpoint (checkpoint.pt or reward_net_best.pt)."""
-    return reward_net_from(load_checkpoint(path), path, device)
+def load_meta_net(path, device="cpu"):
+    """The reward network of a checkpoint (checkpoint.pt or meta_net_best.pt)."""
+    return meta_net_from(load_checkpoint(path), path, device)
 
 
 def rng_states(task_rng):
@@ -817,7 +818,7 @@ def update_metrics(batch, returns, args):
     row["charts/intrinsic_reward_mean"] = float(batch["r_int"].mean())
     row["charts/intrinsic_reward_std"] = float(batch["r_int"].std())
     var = returns.var()
-    row["losses/explained_variance"] = float("nan") if var == 0 else float(1 - (returns - batch["r_values"]).var() / var)
+    row["losses/explained_variance"] = float("nan") if var == 0 else float(1 - (returns - batch["meta_values"]).var() / var)
     return row
 
 
@@ -825,8 +826,8 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
     """Algorithm 1: outer updates of the reward network, each from N lockstep lifetimes. Logs a CSV
     row per update, validates every --val-every updates (keeping the best network), checkpoints every
     --save-every updates and at the end; with ckpt (--resume) it continues exactly where that stopped."""
-    reward_net = RewardNet(args.reward_std_scale).to(device)
-    optimizer = torch.optim.Adam(reward_net.parameters(), lr=args.meta_learning_rate, eps=1e-5)
+    meta_net = MetaNet(args.meta_std_scale).to(device)
+    optimizer = torch.optim.Adam(meta_net.parameters(), lr=args.meta_learning_rate, eps=1e-5)
     normalizer = ShapedRewardNormalizer(benchmark.train_classes, args.reward_scale)
     task_rng = np.random.default_rng(args.seed)
     val_tasks = []
@@ -838,7 +839,7 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
         os.makedirs(run_dir, exist_ok=True)
         fieldnames = None
     else:  # resume: restore every piece of state, and drop CSV rows written after the checkpoint
-        reward_net.load_state_dict(ckpt["reward_net"])
+        meta_net.load_state_dict(ckpt["meta_net"])
         optimizer.load_state_dict(ckpt["optimizer"])
         normalizer.count, normalizer.mean = dict(ckpt["normalizer"]["count"]), dict(ckpt["normalizer"]["mean"])
         set_rng_states(ckpt["rng"], task_rng)
@@ -864,13 +865,13 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
             # sample N training tasks; N fresh inner agents live one lifetime each, learning from r^i
             tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
             classes = [task.env_name for task in tasks]
-            batch = run_lifetimes(envs, tasks, reward_net, args, device, timer)
+            batch = run_lifetimes(envs, tasks, meta_net, args, device, timer)
             # the outer reward r~, the meta-advantages A_t, and the PPO update of phi (SPEC 4)
             t0 = time.perf_counter()
             normalizer.update(batch["shaped"], classes)
-            advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["r_values"], args)
+            advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["meta_values"], args)
             t0 = timer.add("estimator", t0)
-            stats = outer_ppo_update(reward_net, optimizer, batch, advantages, returns, args)
+            stats = outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args)
             timer.add("outer_ppo", t0)
         except FloatingPointError as e:
             raise FloatingPointError(f"update {update}: {e}; the last good checkpoint is kept in {run_dir}") from None
@@ -882,14 +883,14 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
         row.update({f"time/{k}": v for k, v in timer.seconds.items()})
         row.update({"val/success_last4": "", "val/success_det": ""})
         if args.val_every and update % args.val_every == 0:  # held-out validation lifetimes, deterministic r^i
-            val_rows, _ = evaluate(envs, val_tasks, reward_net, args, device, repeats=1)
+            val_rows, _ = evaluate(envs, val_tasks, meta_net, args, device, repeats=1)
             row["val/success_last4"] = float(np.mean([[r[c] for c in last4] for r in val_rows]))
             row["val/success_det"] = float(np.mean([r["success_det"] for r in val_rows]))
             score = (row["val/success_last4"] + row["val/success_det"]) / 2
             if score > best_val:
                 best_val = score
-                save_checkpoint(os.path.join(run_dir, "reward_net_best.pt"), args=asdict(args), update=update,
-                                reward_net=reward_net.state_dict(), val_score=score)
+                save_checkpoint(os.path.join(run_dir, "meta_net_best.pt"), args=asdict(args), update=update,
+                                meta_net=meta_net.state_dict(), val_score=score)
         with open(progress, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames or list(row))
             if fieldnames is None:
@@ -898,7 +899,7 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
             writer.writerow(row)
         if update % args.save_every == 0 or update == args.num_outer_updates:
             save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=asdict(args), update=update,
-                            reward_net=reward_net.state_dict(), optimizer=optimizer.state_dict(),
+                            meta_net=meta_net.state_dict(), optimizer=optimizer.state_dict(),
                             normalizer={"count": normalizer.count, "mean": normalizer.mean},
                             rng=rng_states(task_rng), best_val=best_val)
         eta = (time.time() - start_time) / (update - first_update + 1) * (args.num_outer_updates - update)
@@ -907,7 +908,7 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
         print(f"update {update}/{args.num_outer_updates} | SPS {row['charts/SPS']:.0f} | success last 4 eps "
               f"{np.mean([row[f'charts/{c}'] for c in last4]):.2f} | shaped return {row['charts/shaped_return']:.1f} | "
               f"kl {stats['approx_kl']:.4f}{val} | ETA {eta / 3600:.1f} h", flush=True)
-    return reward_net
+    return meta_net
 
 
 def main(args):
@@ -937,14 +938,14 @@ def main(args):
     task_name = args.env_name if args.benchmark == "ML1" else "ML10"
     run_dir = (os.path.dirname(args.resume) if args.resume else
                os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
-    reward_net = reward_net_from(ckpt, args.eval_checkpoint, device) if args.eval_checkpoint else None
+    meta_net = meta_net_from(ckpt, args.eval_checkpoint, device) if args.eval_checkpoint else None
     envs = LockstepEnvs({**benchmark.train_classes, **benchmark.test_classes}, args.max_episode_steps, args.num_workers)
     print(f"run folder: {run_dir}")
     try:
         if args.inner_reward == "intrinsic" and not args.eval_checkpoint:
-            reward_net = meta_train(args, run_dir, benchmark, envs, device, ckpt)
+            meta_net = meta_train(args, run_dir, benchmark, envs, device, ckpt)
         os.makedirs(run_dir, exist_ok=True)
-        run_evaluation(args, run_dir, benchmark, envs, reward_net, device)
+        run_evaluation(args, run_dir, benchmark, envs, meta_net, device)
     finally:
         envs.close()
     return run_dir

@@ -55,10 +55,10 @@ def tiny_rollout(ml1):
     torch.manual_seed(0)
     tasks = mr.sample_tasks(ml1.train_classes, ml1.train_tasks, args.lifetimes_per_update, np.random.default_rng(0))
     envs = mr.LockstepEnvs(ml1.train_classes, args.max_episode_steps, 1)
-    reward_net = mr.RewardNet(args.reward_std_scale)
-    batch = mr.run_lifetimes(envs, tasks, reward_net, args, torch.device("cpu"), mr.Timer())
+    meta_net = mr.MetaNet(args.meta_std_scale)
+    batch = mr.run_lifetimes(envs, tasks, meta_net, args, torch.device("cpu"), mr.Timer())
     envs.close()
-    return args, reward_net, batch
+    return args, meta_net, batch
 
 
 # 1. The sparse signal (SPEC 1) -------------------------------------------------------------------
@@ -110,7 +110,7 @@ class FakeEnvs:
 def fake_rollout():
     args = tiny_args(lifetimes_per_update=4)
     torch.manual_seed(0)
-    batch = mr.run_lifetimes(FakeEnvs(4, 0), [None] * 4, mr.RewardNet(), args, torch.device("cpu"), mr.Timer())
+    batch = mr.run_lifetimes(FakeEnvs(4, 0), [None] * 4, mr.MetaNet(), args, torch.device("cpu"), mr.Timer())
     return args, batch
 
 
@@ -118,7 +118,7 @@ def test_rollout_feeds_the_sparse_signal_and_flags(fake_rollout):
     """The reward network's inputs end with [pi(a|s), 3 r^e_t, 2 d_t, r^i_(t-1)]: r^e_t computed from the
     env's successes by a direct loop, d_t on each episode's first step, r^i_(t-1) the previous sample."""
     args, batch = fake_rollout
-    x = batch["rn_inputs"]
+    x = batch["meta_inputs"]
     T = args.max_episode_steps
     success = batch["success"]
     n, L = success.shape
@@ -207,15 +207,15 @@ def test_meta_advantages_match_brute_force(paper_sizes):
 
 
 # 4. TBPTT replay ------------------------------------------------------------------------------
-def replay(reward_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=False):
-    x, r = batch["rn_inputs"].clone(), batch["r_int"]
-    state = reward_net.initial_state(x.shape[0])
+def replay(meta_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=False):
+    x, r = batch["meta_inputs"].clone(), batch["r_int"]
+    state = meta_net.initial_state(x.shape[0])
     logps, values, means = [], [], []
     with torch.no_grad():
         for a, b in mr.tbptt_chunks(x.shape[1], tbptt_len, offset):
             if zero_prev_reward_at_chunk_start:  # the authors' fault (SPEC 7.2)
                 x[:, a, -1] = 0.0
-            mean, std, value, state = reward_net(x[:, a:b], state)
+            mean, std, value, state = meta_net(x[:, a:b], state)
             state = tuple(h.detach() for h in state)
             logps.append(torch.distributions.Normal(mean, std).log_prob(r[:, a:b]))
             values.append(value)
@@ -234,27 +234,27 @@ def test_tbptt_chunks_cover_steps_once():
 
 @pytest.mark.parametrize("offset", [1, 5, 16])
 def test_tbptt_replay_reproduces_rollout(tiny_rollout, offset):
-    args, reward_net, batch = tiny_rollout
-    logps, values, means = replay(reward_net, batch, args.tbptt_len, offset)
-    assert (logps - batch["r_logprobs"]).abs().max() < 1e-5
-    assert (values - batch["r_values"]).abs().max() < 1e-5
+    args, meta_net, batch = tiny_rollout
+    logps, values, means = replay(meta_net, batch, args.tbptt_len, offset)
+    assert (logps - batch["meta_logprobs"]).abs().max() < 1e-5
+    assert (values - batch["meta_values"]).abs().max() < 1e-5
     assert (batch["r_int"] - means).abs().mean() > 0.05  # training rewards are samples, not the mean
     # the check can fail: feeding r^i_(t-1) = 0 at chunk starts (the authors' replay) breaks it
-    bad, _, _ = replay(reward_net, batch, args.tbptt_len, offset, zero_prev_reward_at_chunk_start=True)
-    assert (bad - batch["r_logprobs"]).abs().max() > 1e-4
+    bad, _, _ = replay(meta_net, batch, args.tbptt_len, offset, zero_prev_reward_at_chunk_start=True)
+    assert (bad - batch["meta_logprobs"]).abs().max() > 1e-4
 
 
 def test_outer_update_changes_network_and_zero_lr_keeps_ratios_one(tiny_rollout):
-    args, reward_net, batch = tiny_rollout
-    adv, ret = mr.meta_advantages(batch["shaped"] * 1e-2, batch["r_values"], args)
-    net = copy.deepcopy(reward_net)
+    args, meta_net, batch = tiny_rollout
+    adv, ret = mr.meta_advantages(batch["shaped"] * 1e-2, batch["meta_values"], args)
+    net = copy.deepcopy(meta_net)
     opt = torch.optim.Adam(net.parameters(), lr=0.0, eps=1e-5)
     stats = mr.outer_ppo_update(net, opt, batch, adv, ret, dataclasses.replace(args, meta_update_epochs=1))
     assert abs(stats["approx_kl"]) < 1e-9 and stats["clipfrac"] == 0.0  # replay == rollout inside the update
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5)
     stats = mr.outer_ppo_update(net, opt, batch, adv, ret, args)
     assert np.isfinite(list(stats.values())).all()
-    changed = [not torch.equal(p, q) for p, q in zip(net.parameters(), reward_net.parameters())]
+    changed = [not torch.equal(p, q) for p, q in zip(net.parameters(), meta_net.parameters())]
     assert all(changed)
 
 
@@ -365,9 +365,9 @@ def test_end_to_end_tiny_run(tmp_path, monkeypatch):
         assert np.isfinite([float(r[k]) for k in ("losses/value_loss", "losses/policy_loss", "charts/SPS")]).all()
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert ckpt["script"] == "metareward" and ckpt["update"] == 2
-    net = mr.load_reward_net(os.path.join(run_dir, "checkpoint.pt"))
+    net = mr.load_meta_net(os.path.join(run_dir, "checkpoint.pt"))
     torch.manual_seed(3)  # main() seeds, then builds the reward network before anything else draws
-    initial = mr.RewardNet(0.2)
+    initial = mr.MetaNet(0.2)
     assert all(p.shape == q.shape for p, q in zip(net.parameters(), initial.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(net.parameters(), initial.parameters()))
 
@@ -434,19 +434,19 @@ def test_inner_ppo_learns_from_the_chosen_reward(mode, monkeypatch):
     real_gae = mr.gae
     monkeypatch.setattr(mr, "gae", lambda r, *a: seen.append(r.clone()) or real_gae(r, *a))
     args = tiny_args(inner_reward=mode)
-    batch = mr.run_lifetimes(FakeEnvs(3, 1), [None] * 3, mr.RewardNet(), args, torch.device("cpu"), mr.Timer())
+    batch = mr.run_lifetimes(FakeEnvs(3, 1), [None] * 3, mr.MetaNet(), args, torch.device("cpu"), mr.Timer())
     source = {"intrinsic": batch["r_int"], "sparse": batch["sparse"], "shaped": batch["shaped"]}[mode]
     assert len(seen) == 2  # two inner updates per lifetime
     for i, r in enumerate(seen):
         assert torch.equal(r, source[:, i * 20:(i + 1) * 20])
     if mode != "intrinsic":
-        assert torch.all(batch["rn_inputs"] == 0)  # the baselines never run the reward network
+        assert torch.all(batch["meta_inputs"] == 0)  # the baselines never run the reward network
 
 
 def test_evaluation_uses_mean_reward_and_deterministic_episodes():
     args = tiny_args()
     torch.manual_seed(0)
-    net = mr.RewardNet()
+    net = mr.MetaNet()
     rows, first = mr.evaluate(FakeEnvs(3, 2), [FakeTask("t0"), FakeTask("t1")], net, args, torch.device("cpu"), 2)
     assert [(r["task"], r["repeat"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     T, L = args.max_episode_steps, args.lifetime_steps
@@ -454,7 +454,7 @@ def test_evaluation_uses_mean_reward_and_deterministic_episodes():
     per_episode = [float(first["success"][e * T:(e + 1) * T].max()) for e in range(10)]
     assert [rows[0][f"success_ep{e:02d}"] for e in range(1, 7)] == per_episode[:6]
     assert rows[0]["success_det"] == pytest.approx(np.mean(per_episode[6:]))
-    _, _, means = replay(net, {"rn_inputs": first["rn_inputs"][None], "r_int": first["r_int"][None]}, 16, 16)
+    _, _, means = replay(net, {"meta_inputs": first["meta_inputs"][None], "r_int": first["r_int"][None]}, 16, 16)
     torch.testing.assert_close(first["r_int"], means[0], atol=1e-5, rtol=0)  # deterministic: r^i = its mean
 
 
@@ -490,7 +490,7 @@ def test_train_then_evaluate_and_both_baselines(tmp_path, monkeypatch, capsys):
                                                    "sparse_reward", "success"}
     out = capsys.readouterr().out
     assert "corr(intrinsic, shaped)" in out and "deterministic" in out
-    best = os.path.join(run_dir, "reward_net_best.pt")
+    best = os.path.join(run_dir, "meta_net_best.pt")
     eval_dir = mr.main(tiny_args(seed=3, eval_checkpoint=best, exp_name="e"))
     check_eval_dir(eval_dir, 4, "intrinsic")
     assert not os.path.exists(os.path.join(eval_dir, "progress.csv"))  # no meta-training
@@ -521,7 +521,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
     assert untimed(read_csv(os.path.join(straight, "progress.csv"))) == untimed(read_csv(crashed / "progress.csv"))
     a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True) for d in (straight, crashed))
     assert a["update"] == b["update"] == 4
-    assert all(torch.equal(a["reward_net"][k], b["reward_net"][k]) for k in a["reward_net"])
+    assert all(torch.equal(a["meta_net"][k], b["meta_net"][k]) for k in a["meta_net"])
     assert read_csv(os.path.join(straight, "eval.csv")) == read_csv(crashed / "eval.csv")
 
 
@@ -568,8 +568,8 @@ def test_bad_checkpoints_exit_with_one_line(case, saved_checkpoint, tmp_path, ca
         path = bad_copy(saved_checkpoint, tmp_path, lambda c: c.update(script="metareward_advantage"))
         expected = "was written by metareward_advantage.py, not metareward.py"
     elif case == "sizes":
-        path = bad_copy(saved_checkpoint, tmp_path, lambda c: c["reward_net"].update(
-            {"fc1.weight": torch.zeros(100, mr.RN_INPUT_DIM)}))
+        path = bad_copy(saved_checkpoint, tmp_path, lambda c: c["meta_net"].update(
+            {"fc1.weight": torch.zeros(100, mr.META_INPUT_DIM)}))
         expected = "does not fit this script's reward network"
     else:
         path = bad_copy(saved_checkpoint, tmp_path, lambda c: c.pop("optimizer"))
