@@ -481,9 +481,9 @@ def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
     optimizer = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
     z = lambda *shape: torch.zeros((n, steps) + shape, device=device)
     obs, actions, logprobs, values = z(OBS_DIM), z(ACT_DIM), z(), z()
-    meta_inputs, r_int, meta_logprobs, meta_values = z(META_INPUT_DIM), z(), z(), z()
+    meta_inputs, meta_actions, meta_logprobs, meta_values = z(META_INPUT_DIM), z(), z(), z()
     sparse, shaped, success = z(), z(), z()
-    inner_rewards = {"intrinsic": r_int, "sparse": sparse, "shaped": shaped}[args.inner_reward]
+    inner_rewards = {"intrinsic": meta_actions, "sparse": sparse, "shaped": shaped}[args.inner_reward]
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -517,7 +517,7 @@ def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
                 # r^i_t ~ N(mean, std) in training (its mean in evaluation): what the inner PPO gets and
                 # what is fed back
                 prev_r = probs.mean if evaluation else probs.sample()
-            r_int[:, t], meta_logprobs[:, t], meta_values[:, t] = prev_r, probs.log_prob(prev_r), r_value[:, 0]
+            meta_actions[:, t], meta_logprobs[:, t], meta_values[:, t] = prev_r, probs.log_prob(prev_r), r_value[:, 0]
             t0 = timer.add("inference", t0)
 
         if (t + 1) % U == 0 and t + 1 < L:  # the inner PPO update after each block of U steps
@@ -530,7 +530,7 @@ def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
             torch.set_num_threads(1)
             t0 = timer.add("inner_ppo", t0)
     torch.set_num_threads(UPDATE_THREADS)
-    return dict(meta_inputs=meta_inputs[:, :L], r_int=r_int[:, :L], meta_logprobs=meta_logprobs[:, :L],
+    return dict(meta_inputs=meta_inputs[:, :L], meta_actions=meta_actions[:, :L], meta_logprobs=meta_logprobs[:, :L],
                 meta_values=meta_values[:, :L], sparse=sparse, shaped=shaped, success=success)
 
 
@@ -606,7 +606,7 @@ def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
     from a zero state; the hidden state is carried across chunks but detached between them.
     The policy and entropy terms use the steps before the last inner update (later rewards feed no
     update); the value loss uses every step, because the estimator bootstraps from all of them."""
-    x, r, old_logprobs = batch["meta_inputs"], batch["r_int"], batch["meta_logprobs"]
+    x, r, old_logprobs = batch["meta_inputs"], batch["meta_actions"], batch["meta_logprobs"]
     n, L = r.shape
     policy_steps = L - args.steps_per_update
     adv = advantages[:, :policy_steps]
@@ -720,7 +720,7 @@ def write_reward_trace(path, record, args):
     """What the network rewards: per step of one evaluation lifetime, the intrinsic reward next to
     the shaped reward and the sparse signal. Returns their correlations."""
     L = args.lifetime_steps
-    columns = {"intrinsic_reward": record["r_int"], "shaped_reward": record["shaped"][:L],
+    columns = {"intrinsic_reward": record["meta_actions"], "shaped_reward": record["shaped"][:L],
                "sparse_reward": record["sparse"][:L], "success": record["success"][:L]}
     write_csv(path, [{"step": t, "episode": t // args.max_episode_steps + 1, **{k: float(v[t]) for k, v in columns.items()}}
                      for t in range(L)])
@@ -815,8 +815,8 @@ def update_metrics(batch, returns, args):
     T = args.max_episode_steps
     row = {f"charts/{c}": float(v) for c, v in zip(success_columns(args), episode_success(batch["success"], T).mean(0))}
     row["charts/shaped_return"] = float(batch["shaped"].view(n, L // T, T).sum(-1).mean())
-    row["charts/intrinsic_reward_mean"] = float(batch["r_int"].mean())
-    row["charts/intrinsic_reward_std"] = float(batch["r_int"].std())
+    row["charts/meta_action_mean"] = float(batch["meta_actions"].mean())
+    row["charts/meta_action_std"] = float(batch["meta_actions"].std())
     var = returns.var()
     row["losses/explained_variance"] = float("nan") if var == 0 else float(1 - (returns - batch["meta_values"]).var() / var)
     return row

@@ -133,7 +133,7 @@ def test_rollout_feeds_the_sparse_signal_and_flags(fake_rollout):
                 want[T - 1] = -0.2
             torch.testing.assert_close(x[i, e * T:(e + 1) * T, -3] / 3, want)
     assert torch.equal(x[:, :, -2], torch.tensor([2.0 if t % T == 0 else 0.0 for t in range(L)]).expand(n, L))
-    assert torch.equal(x[:, 1:, -1], batch["r_int"][:, :-1]) and torch.all(x[:, 0, -1] == 0)
+    assert torch.equal(x[:, 1:, -1], batch["meta_actions"][:, :-1]) and torch.all(x[:, 0, -1] == 0)
     rewarded = x[..., -3] > 0
     assert rewarded.sum() > 5 and rewarded.view(n, L // T, T).sum(-1).max() == 1  # once per episode at most
 
@@ -208,7 +208,7 @@ def test_meta_advantages_match_brute_force(paper_sizes):
 
 # 4. TBPTT replay ------------------------------------------------------------------------------
 def replay(meta_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=False):
-    x, r = batch["meta_inputs"].clone(), batch["r_int"]
+    x, r = batch["meta_inputs"].clone(), batch["meta_actions"]
     state = meta_net.initial_state(x.shape[0])
     logps, values, means = [], [], []
     with torch.no_grad():
@@ -238,7 +238,7 @@ def test_tbptt_replay_reproduces_rollout(tiny_rollout, offset):
     logps, values, means = replay(meta_net, batch, args.tbptt_len, offset)
     assert (logps - batch["meta_logprobs"]).abs().max() < 1e-5
     assert (values - batch["meta_values"]).abs().max() < 1e-5
-    assert (batch["r_int"] - means).abs().mean() > 0.05  # training rewards are samples, not the mean
+    assert (batch["meta_actions"] - means).abs().mean() > 0.05  # training rewards are samples, not the mean
     # the check can fail: feeding r^i_(t-1) = 0 at chunk starts (the authors' replay) breaks it
     bad, _, _ = replay(meta_net, batch, args.tbptt_len, offset, zero_prev_reward_at_chunk_start=True)
     assert (bad - batch["meta_logprobs"]).abs().max() > 1e-4
@@ -435,7 +435,7 @@ def test_inner_ppo_learns_from_the_chosen_reward(mode, monkeypatch):
     monkeypatch.setattr(mr, "gae", lambda r, *a: seen.append(r.clone()) or real_gae(r, *a))
     args = tiny_args(inner_reward=mode)
     batch = mr.run_lifetimes(FakeEnvs(3, 1), [None] * 3, mr.MetaNet(), args, torch.device("cpu"), mr.Timer())
-    source = {"intrinsic": batch["r_int"], "sparse": batch["sparse"], "shaped": batch["shaped"]}[mode]
+    source = {"intrinsic": batch["meta_actions"], "sparse": batch["sparse"], "shaped": batch["shaped"]}[mode]
     assert len(seen) == 2  # two inner updates per lifetime
     for i, r in enumerate(seen):
         assert torch.equal(r, source[:, i * 20:(i + 1) * 20])
@@ -454,8 +454,8 @@ def test_evaluation_uses_mean_reward_and_deterministic_episodes():
     per_episode = [float(first["success"][e * T:(e + 1) * T].max()) for e in range(10)]
     assert [rows[0][f"success_ep{e:02d}"] for e in range(1, 7)] == per_episode[:6]
     assert rows[0]["success_det"] == pytest.approx(np.mean(per_episode[6:]))
-    _, _, means = replay(net, {"meta_inputs": first["meta_inputs"][None], "r_int": first["r_int"][None]}, 16, 16)
-    torch.testing.assert_close(first["r_int"], means[0], atol=1e-5, rtol=0)  # deterministic: r^i = its mean
+    _, _, means = replay(net, {"meta_inputs": first["meta_inputs"][None], "meta_actions": first["meta_actions"][None]}, 16, 16)
+    torch.testing.assert_close(first["meta_actions"], means[0], atol=1e-5, rtol=0)  # deterministic: r^i = its mean
 
 
 class FakeTask:
