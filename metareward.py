@@ -718,14 +718,15 @@ def write_csv(path, rows):
 
 def write_reward_trace(path, record, args):
     """What the network rewards: per step of one evaluation lifetime, the intrinsic reward next to
-    the shaped reward and the sparse signal. Returns their correlations."""
+    the shaped reward and the sparse signal. Returns its correlations with the shaped and sparse ones."""
     L = args.lifetime_steps
-    columns = {"intrinsic_reward": record["meta_actions"], "shaped_reward": record["shaped"][:L],
+    signal = record["meta_actions"]
+    columns = {"intrinsic_reward": signal, "shaped_reward": record["shaped"][:L],
                "sparse_reward": record["sparse"][:L], "success": record["success"][:L]}
-    write_csv(path, [{"step": t, "episode": t // args.max_episode_steps + 1, **{k: float(v[t]) for k, v in columns.items()}}
-                     for t in range(L)])
-    corr = lambda a, b: float(np.corrcoef(a.numpy(), b.numpy())[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
-    return corr(columns["intrinsic_reward"], columns["shaped_reward"]), corr(columns["intrinsic_reward"], columns["sparse_reward"])
+    write_csv(path, [{"step": t, "episode": t // args.max_episode_steps + 1,
+                      **{k: float(v[t]) for k, v in columns.items()}} for t in range(L)])
+    return tuple(float(np.corrcoef(signal, other)[0, 1]) if signal.std() > 0 and other.std() > 0 else float("nan")
+                 for other in (columns["shaped_reward"], columns["sparse_reward"]))
 
 
 def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
@@ -817,8 +818,8 @@ def update_metrics(batch, returns, args):
     row["charts/shaped_return"] = float(batch["shaped"].view(n, L // T, T).sum(-1).mean())
     row["charts/meta_action_mean"] = float(batch["meta_actions"].mean())
     row["charts/meta_action_std"] = float(batch["meta_actions"].std())
-    var = returns.var()
-    row["losses/explained_variance"] = float("nan") if var == 0 else float(1 - (returns - batch["meta_values"]).var() / var)
+    var, error = returns.var(), returns - batch["meta_values"]
+    row["losses/explained_variance"] = float("nan") if var == 0 else float(1 - error.var() / var)
     return row
 
 
