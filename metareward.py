@@ -512,12 +512,13 @@ def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
                            torch.full((n, 1), 2.0 if k == 0 else 0.0, device=device), prev_r[:, None]], 1)
             meta_inputs[:, t] = x
             with torch.no_grad():
-                mean, std, r_value, state = meta_net(x[:, None], state)
+                mean, std, meta_value, state = meta_net(x[:, None], state)
                 probs = Normal(mean[:, 0], std[:, 0], validate_args=False)
                 # r^i_t ~ N(mean, std) in training (its mean in evaluation): what the inner PPO gets and
                 # what is fed back
                 prev_r = probs.mean if evaluation else probs.sample()
-            meta_actions[:, t], meta_logprobs[:, t], meta_values[:, t] = prev_r, probs.log_prob(prev_r), r_value[:, 0]
+            meta_actions[:, t], meta_logprobs[:, t] = prev_r, probs.log_prob(prev_r)
+            meta_values[:, t] = meta_value[:, 0]
             t0 = timer.add("inference", t0)
 
         if (t + 1) % U == 0 and t + 1 < L:  # the inner PPO update after each block of U steps
@@ -560,7 +561,7 @@ class ShapedRewardNormalizer:
 def meta_advantages(rewards, values, args):
     """SPEC 4's influence-skipping n-step estimator, vectorised over lifetimes and time.
 
-    An r^i emitted at t first changes behaviour at s_t = t + u_t, u_t = U - (t mod U). For each
+    The network's action at t first changes behaviour at s_t = t + u_t, u_t = U - (t mod U). For each
     horizon n with u_t < n and t + n < L:
       A^(n)_t = sum_{j=s_t}^{t+n-1} g^(ep(j)-ep(s_t)) r~_j + g^(ep(t+n)-ep(s_t)) V_(t+n) - V_t,
     A_t = sum_k decay^k A^(n_k) / sum_k decay^k over the qualifying horizons (n increasing), from
@@ -716,7 +717,7 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
-def write_reward_trace(path, record, args):
+def write_trace(path, record, args):
     """What the network rewards: per step of one evaluation lifetime, the intrinsic reward next to
     the shaped reward and the sparse signal. Returns its correlations with the shaped and sparse ones."""
     L = args.lifetime_steps
@@ -741,7 +742,7 @@ def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
     write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
     print_eval_table(rows, success_columns(args), f"evaluation ({args.inner_reward}, {args.eval_split} tasks)")
     if args.inner_reward == "intrinsic":
-        c_shaped, c_sparse = write_reward_trace(os.path.join(run_dir, "reward_trace.csv"), first, args)
+        c_shaped, c_sparse = write_trace(os.path.join(run_dir, "reward_trace.csv"), first, args)
         print(f"  first lifetime: corr(intrinsic, shaped) = {c_shaped:.3f}, corr(intrinsic, sparse) = {c_sparse:.3f}")
     print(f"wrote {os.path.join(run_dir, 'eval.csv')}")
     return rows
@@ -784,7 +785,7 @@ def meta_net_from(ckpt, path, device="cpu"):
         meta_net.load_state_dict(ckpt["meta_net"])
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"{path} does not fit this script's reward network: {reason}")
+        raise CheckpointError(f"{path} does not fit this script's network: {reason}")
     return meta_net
 
 
@@ -863,7 +864,7 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
     for update in range(first_update, args.num_outer_updates + 1):
         update_start, timer = time.perf_counter(), Timer()
         try:
-            # sample N training tasks; N fresh inner agents live one lifetime each, learning from r^i
+            # sample N training tasks; N fresh inner agents live one lifetime each, taught by phi
             tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
             classes = [task.env_name for task in tasks]
             batch = run_lifetimes(envs, tasks, meta_net, args, device, timer)
@@ -883,7 +884,7 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
         row.update({f"losses/{k}": v for k, v in stats.items()})
         row.update({f"time/{k}": v for k, v in timer.seconds.items()})
         row.update({"val/success_last4": "", "val/success_det": ""})
-        if args.val_every and update % args.val_every == 0:  # held-out validation lifetimes, deterministic r^i
+        if args.val_every and update % args.val_every == 0:  # held-out validation lifetimes, deterministic phi
             val_rows, _ = evaluate(envs, val_tasks, meta_net, args, device, repeats=1)
             row["val/success_last4"] = float(np.mean([[r[c] for c in last4] for r in val_rows]))
             row["val/success_det"] = float(np.mean([r["success_det"] for r in val_rows]))
@@ -917,7 +918,7 @@ def main(args):
     if args.resume:  # the checkpoint's settings; only these three may change
         ckpt = load_checkpoint(args.resume)
         if "optimizer" not in ckpt:
-            raise CheckpointError(f"{args.resume} holds only a reward network; --resume needs a run's checkpoint.pt")
+            raise CheckpointError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
         try:
             saved = Args(**ckpt["args"])
         except TypeError as e:

@@ -1,4 +1,6 @@
-"""Value-level tests of metareward.py. Run: python -m pytest -q test_metareward.py"""
+"""Value-level tests of metareward.py and metareward_advantage.py. Run: python -m pytest -q test_metareward.py
+
+Tests marked with `m` run for both scripts (m = the module); the rest are about one of them."""
 import copy
 import csv
 import dataclasses
@@ -13,6 +15,7 @@ import torch
 import torch.nn as nn
 
 import metareward as mr
+import metareward_advantage as ma
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -23,9 +26,12 @@ TINY = dict(max_episode_steps=10, steps_per_update=20, lifetime_steps=60, lifeti
             val_every=1, val_tasks=2, eval_tasks=2, eval_repeats=2)
 
 
-def tiny_args(**kw):
-    args = mr.Args(**{**TINY, **kw})
-    mr.check_args(args)
+both = pytest.mark.parametrize("m", [mr, ma], ids=["reward", "advantage"])
+
+
+def tiny_args(m=mr, **kw):
+    args = m.Args(**{**TINY, **kw})
+    m.check_args(args)
     return args
 
 
@@ -41,6 +47,7 @@ def cached_benchmarks(monkeypatch):
             _benchmarks[key] = _real_make_benchmark(args, seed)
         return _benchmarks[key]
     monkeypatch.setattr(mr, "make_benchmark", make_benchmark)
+    monkeypatch.setattr(ma, "make_benchmark", make_benchmark)
 
 
 @pytest.fixture(scope="module")
@@ -48,44 +55,46 @@ def ml1():
     return metaworld.ML1("door-close-v3", seed=1)
 
 
-@pytest.fixture(scope="module")
-def tiny_rollout(ml1):
+@pytest.fixture(scope="module", params=[mr, ma], ids=["reward", "advantage"])
+def tiny_rollout(ml1, request):
     """One tiny meta-batch of real lifetimes (3 lifetimes x 60 steps) and the network that made it."""
-    args = tiny_args()
+    m = request.param
+    args = tiny_args(m)
     torch.manual_seed(0)
-    tasks = mr.sample_tasks(ml1.train_classes, ml1.train_tasks, args.lifetimes_per_update, np.random.default_rng(0))
-    envs = mr.LockstepEnvs(ml1.train_classes, args.max_episode_steps, 1)
-    meta_net = mr.MetaNet(args.meta_std_scale)
-    batch = mr.run_lifetimes(envs, tasks, meta_net, args, torch.device("cpu"), mr.Timer())
+    tasks = m.sample_tasks(ml1.train_classes, ml1.train_tasks, args.lifetimes_per_update, np.random.default_rng(0))
+    envs = m.LockstepEnvs(ml1.train_classes, args.max_episode_steps, 1)
+    meta_net = m.MetaNet(args.meta_std_scale)
+    batch = m.run_lifetimes(envs, tasks, meta_net, args, torch.device("cpu"), m.Timer())
     envs.close()
-    return args, meta_net, batch
+    return m, args, meta_net, batch
 
 
 # 1. The sparse signal (SPEC 1) -------------------------------------------------------------------
-def sparse_sequence(success_rows, T):
-    """Run mr.sparse_reward step by step over (N, steps) 0/1 success rows, resetting per episode."""
+def sparse_sequence(success_rows, T, m=mr):
+    """Run m.sparse_reward step by step over (N, steps) 0/1 success rows."""
     success = torch.tensor(success_rows, dtype=torch.bool)
     solved = torch.zeros(len(success_rows), dtype=torch.bool)
     out = []
     for t in range(success.shape[1]):
-        r, solved = mr.sparse_reward(success[:, t], t % T, solved, T)
+        r, solved = m.sparse_reward(success[:, t], t % T, solved, T)
         out.append(r)
     return torch.stack(out, 1)
 
 
-def test_sparse_reward_hand_made_sequences():
+@both
+def test_sparse_reward_hand_made_sequences(m):
     T = 10
     first_only = [0, 0, 0, 1, 1, 0, 1, 0, 0, 0]  # success from k=3 on: reward only at the first success
     late = [0] * 9 + [1]  # first success on the last step
     never = [0] * 10
-    r = sparse_sequence([first_only, late, never], T)
+    r = sparse_sequence([first_only, late, never], T, m)
     expected = torch.zeros(3, T)
     expected[0, 3] = 1 - 0.7 * 3 / T
     expected[1, 9] = 1 - 0.7 * 9 / T
     expected[2, 9] = -0.2
     torch.testing.assert_close(r, expected)
     # the first success of each episode counts again in the next episode; k is 0-based
-    r = sparse_sequence([[1] + [0] * 9 + [0, 0, 1, 1] + [0] * 6], T)
+    r = sparse_sequence([[1] + [0] * 9 + [0, 0, 1, 1] + [0] * 6], T, m)
     assert r[0, 0] == pytest.approx(1.0) and r[0, 12] == pytest.approx(1 - 0.7 * 2 / T)
     assert torch.count_nonzero(r) == 2
 
@@ -106,17 +115,18 @@ class FakeEnvs:
                 self.rng.random(self.n).astype(np.float32), self.rng.random(self.n) < 0.15)
 
 
-@pytest.fixture(scope="module")
-def fake_rollout():
-    args = tiny_args(lifetimes_per_update=4)
+@pytest.fixture(scope="module", params=[mr, ma], ids=["reward", "advantage"])
+def fake_rollout(request):
+    m = request.param
+    args = tiny_args(m, lifetimes_per_update=4)
     torch.manual_seed(0)
-    batch = mr.run_lifetimes(FakeEnvs(4, 0), [None] * 4, mr.MetaNet(), args, torch.device("cpu"), mr.Timer())
+    batch = m.run_lifetimes(FakeEnvs(4, 0), [None] * 4, m.MetaNet(), args, torch.device("cpu"), m.Timer())
     return args, batch
 
 
 def test_rollout_feeds_the_sparse_signal_and_flags(fake_rollout):
-    """The reward network's inputs end with [pi(a|s), 3 r^e_t, 2 d_t, r^i_(t-1)]: r^e_t computed from the
-    env's successes by a direct loop, d_t on each episode's first step, r^i_(t-1) the previous sample."""
+    """The network's inputs end with [pi(a|s), 3 r^e_t, 2 d_t, its action at t-1]: r^e_t computed from the
+    env's successes by a direct loop, d_t on each episode's first step, the previous action a sample."""
     args, batch = fake_rollout
     x = batch["meta_inputs"]
     T = args.max_episode_steps
@@ -185,13 +195,14 @@ def meta_advantage_brute(r, v, t, args):
     return sum(g ** (j // T - t // T) * r[j] for j in range(t, L)) - v[t]  # no later update: Monte Carlo
 
 
+@both
 @pytest.mark.parametrize("paper_sizes", [False, True])
-def test_meta_advantages_match_brute_force(paper_sizes):
-    args = mr.Args() if paper_sizes else tiny_args()
+def test_meta_advantages_match_brute_force(m, paper_sizes):
+    args = m.Args() if paper_sizes else tiny_args(m)
     L = args.lifetime_steps
     gen = torch.Generator().manual_seed(1)
     r, v = torch.rand(2, L, generator=gen), torch.randn(2, L, generator=gen)
-    adv, ret = mr.meta_advantages(r, v, args)
+    adv, ret = m.meta_advantages(r, v, args)
     assert adv.shape == (2, L) and torch.isfinite(adv).all() and torch.isfinite(ret).all()
     torch.testing.assert_close(ret, adv + v)
     if paper_sizes:  # block edges (primary -> fallback -> Monte Carlo) and a random sample
@@ -207,12 +218,12 @@ def test_meta_advantages_match_brute_force(paper_sizes):
 
 
 # 4. TBPTT replay ------------------------------------------------------------------------------
-def replay(meta_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=False):
+def replay(meta_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=False, m=mr):
     x, r = batch["meta_inputs"].clone(), batch["meta_actions"]
     state = meta_net.initial_state(x.shape[0])
     logps, values, means = [], [], []
     with torch.no_grad():
-        for a, b in mr.tbptt_chunks(x.shape[1], tbptt_len, offset):
+        for a, b in m.tbptt_chunks(x.shape[1], tbptt_len, offset):
             if zero_prev_reward_at_chunk_start:  # the authors' fault (SPEC 7.2)
                 x[:, a, -1] = 0.0
             mean, std, value, state = meta_net(x[:, a:b], state)
@@ -223,36 +234,37 @@ def replay(meta_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=F
     return torch.cat(logps, 1), torch.cat(values, 1), torch.cat(means, 1)
 
 
-def test_tbptt_chunks_cover_steps_once():
-    assert mr.tbptt_chunks(10, 4, 1) == [(0, 1), (1, 5), (5, 9), (9, 10)]
-    assert mr.tbptt_chunks(10, 4, 4) == [(0, 4), (4, 8), (8, 10)]
+@both
+def test_tbptt_chunks_cover_steps_once(m):
+    assert m.tbptt_chunks(10, 4, 1) == [(0, 1), (1, 5), (5, 9), (9, 10)]
+    assert m.tbptt_chunks(10, 4, 4) == [(0, 4), (4, 8), (8, 10)]
     for d in (1, 7, 400):
-        chunks = mr.tbptt_chunks(6000, 400, d)
+        chunks = m.tbptt_chunks(6000, 400, d)
         assert chunks[0] == (0, d) and chunks[-1][1] == 6000
         assert all(b0 == a1 for (_, b0), (a1, _) in zip(chunks[:-1], chunks[1:]))
 
 
 @pytest.mark.parametrize("offset", [1, 5, 16])
 def test_tbptt_replay_reproduces_rollout(tiny_rollout, offset):
-    args, meta_net, batch = tiny_rollout
-    logps, values, means = replay(meta_net, batch, args.tbptt_len, offset)
+    m, args, meta_net, batch = tiny_rollout
+    logps, values, means = replay(meta_net, batch, args.tbptt_len, offset, m=m)
     assert (logps - batch["meta_logprobs"]).abs().max() < 1e-5
     assert (values - batch["meta_values"]).abs().max() < 1e-5
-    assert (batch["meta_actions"] - means).abs().mean() > 0.05  # training rewards are samples, not the mean
+    assert (batch["meta_actions"] - means).abs().mean() > 0.05  # training signals are samples, not the mean
     # the check can fail: feeding r^i_(t-1) = 0 at chunk starts (the authors' replay) breaks it
-    bad, _, _ = replay(meta_net, batch, args.tbptt_len, offset, zero_prev_reward_at_chunk_start=True)
+    bad, _, _ = replay(meta_net, batch, args.tbptt_len, offset, zero_prev_reward_at_chunk_start=True, m=m)
     assert (bad - batch["meta_logprobs"]).abs().max() > 1e-4
 
 
 def test_outer_update_changes_network_and_zero_lr_keeps_ratios_one(tiny_rollout):
-    args, meta_net, batch = tiny_rollout
-    adv, ret = mr.meta_advantages(batch["shaped"] * 1e-2, batch["meta_values"], args)
+    m, args, meta_net, batch = tiny_rollout
+    adv, ret = m.meta_advantages(batch["shaped"] * 1e-2, batch["meta_values"], args)
     net = copy.deepcopy(meta_net)
     opt = torch.optim.Adam(net.parameters(), lr=0.0, eps=1e-5)
-    stats = mr.outer_ppo_update(net, opt, batch, adv, ret, dataclasses.replace(args, meta_update_epochs=1))
+    stats = m.outer_ppo_update(net, opt, batch, adv, ret, dataclasses.replace(args, meta_update_epochs=1))
     assert abs(stats["approx_kl"]) < 1e-9 and stats["clipfrac"] == 0.0  # replay == rollout inside the update
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5)
-    stats = mr.outer_ppo_update(net, opt, batch, adv, ret, args)
+    stats = m.outer_ppo_update(net, opt, batch, adv, ret, args)
     assert np.isfinite(list(stats.values())).all()
     changed = [not torch.equal(p, q) for p, q in zip(net.parameters(), meta_net.parameters())]
     assert all(changed)
@@ -260,33 +272,37 @@ def test_outer_update_changes_network_and_zero_lr_keeps_ratios_one(tiny_rollout)
 
 # 5. Independent inner agents ------------------------------------------------------------------
 def make_inner_batch(agents, n, b, seed):
+    """(obs, actions, logprobs, advantages[, returns]): returns only for agents with a critic."""
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(n, b, mr.OBS_DIM, generator=g)
     with torch.no_grad():
-        actions, logprobs, _, _ = agents.get_action_and_value(obs)
-    return obs, actions, logprobs, torch.randn(n, b, generator=g), torch.randn(n, b, generator=g)
+        act = agents.get_action_and_value if hasattr(agents, "critic") else agents.get_action
+        actions, logprobs = act(obs)[:2]
+    batch = (obs, actions, logprobs, torch.randn(n, b, generator=g), torch.randn(n, b, generator=g))
+    return batch if hasattr(agents, "critic") else batch[:4]
 
 
-def inner_args(**kw):
-    return dataclasses.replace(tiny_args(), update_epochs=3, num_minibatches=4, **kw)
+def inner_args(m, **kw):
+    return dataclasses.replace(tiny_args(m), update_epochs=3, num_minibatches=4, **kw)
 
 
-def run_inner_update(agents, batch, perms, args):
+def run_inner_update(m, agents, batch, perms, args):
     opt = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
-    mr.inner_ppo_update(agents, opt, *batch, perms, args)
+    m.inner_ppo_update(agents, opt, *batch, perms, args)
     return agents
 
 
-def test_changing_one_agents_batch_leaves_the_others_unchanged():
+@both
+def test_changing_one_agents_batch_leaves_the_others_unchanged(m):
     torch.manual_seed(0)
-    args, n, b = inner_args(), 4, 40
-    agents = mr.InnerAgents(n)
+    args, n, b = inner_args(m), 4, 40
+    agents = m.InnerAgents(n)
     batch = make_inner_batch(agents, n, b, seed=1)
     perms = torch.rand(args.update_epochs, n, b).argsort(-1)
     other = make_inner_batch(agents, n, b, seed=2)
     changed = tuple(torch.cat([x[:2], y[2:3], x[3:]]) for x, y in zip(batch, other))  # agent 2's batch only
-    a = run_inner_update(copy.deepcopy(agents), batch, perms, args)
-    c = run_inner_update(copy.deepcopy(agents), changed, perms, args)
+    a = run_inner_update(m, copy.deepcopy(agents), batch, perms, args)
+    c = run_inner_update(m, copy.deepcopy(agents), changed, perms, args)
     for pa, pc in zip(a.parameters(), c.parameters()):
         assert torch.equal(pa[[0, 1, 3]], pc[[0, 1, 3]])
         assert not torch.equal(pa[2], pc[2])
@@ -303,13 +319,15 @@ def reference_single_agent(stacked, i):
             layers += [lin, nn.Tanh()]
         return nn.Sequential(*layers[:-1])
     ref = nn.Module()
-    ref.actor_mean, ref.critic = mlp(stacked.actor_mean), mlp(stacked.critic)
+    ref.actor_mean = mlp(stacked.actor_mean)
+    if hasattr(stacked, "critic"):
+        ref.critic = mlp(stacked.critic)
     ref.actor_logstd = nn.Parameter(stacked.actor_logstd[i].detach().clone())
     return ref
 
 
-def reference_ppo_update(ref, obs, actions, logprobs, advantages, returns, perms, args):
-    """CleanRL's PPO update for one agent, written out directly."""
+def reference_ppo_update(ref, obs, actions, logprobs, advantages, perms, args, returns=None):
+    """CleanRL's PPO update for one agent, written out directly; actor-only when returns is None."""
     opt = torch.optim.Adam(ref.parameters(), lr=args.learning_rate, eps=1e-5)
     b = len(obs)
     mb = b // args.num_minibatches
@@ -322,29 +340,46 @@ def reference_ppo_update(ref, obs, actions, logprobs, advantages, returns, perms
             adv = advantages[idx]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
-            v_loss = 0.5 * ((ref.critic(obs[idx]).squeeze(1) - returns[idx]) ** 2).mean()
-            loss = pg - args.ent_coef * dist.entropy().sum(1).mean() + args.vf_coef * v_loss
+            loss = pg - args.ent_coef * dist.entropy().sum(1).mean()
+            if returns is not None:
+                loss = loss + args.vf_coef * 0.5 * ((ref.critic(obs[idx]).squeeze(1) - returns[idx]) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(ref.parameters(), args.max_grad_norm)
             opt.step()
 
 
+@both
 @pytest.mark.parametrize("max_grad_norm", [0.5, 0.02])  # 0.02: the per-agent clip is active
-def test_stacked_update_equals_separate_single_agent_updates(max_grad_norm):
+def test_stacked_update_equals_separate_single_agent_updates(m, max_grad_norm):
+    """metareward: PPO actor-critic; metareward_advantage: actor-only PPO on the given advantages."""
     torch.manual_seed(0)
-    args, n, b = inner_args(max_grad_norm=max_grad_norm, ent_coef=0.01), 3, 40
-    agents = mr.InnerAgents(n)
+    args, n, b = inner_args(m, max_grad_norm=max_grad_norm, ent_coef=0.01), 3, 40
+    agents = m.InnerAgents(n)
     batch = make_inner_batch(agents, n, b, seed=3)
     perms = torch.rand(args.update_epochs, n, b).argsort(-1)
     refs = [reference_single_agent(agents, i) for i in range(n)]
-    stacked = run_inner_update(copy.deepcopy(agents), batch, perms, args)
+    stacked = run_inner_update(m, copy.deepcopy(agents), batch, perms, args)
     for i, ref in enumerate(refs):
-        reference_ppo_update(ref, *(x[i] for x in batch), perms[:, i], args)
+        obs, actions, logprobs, advantages, *returns = (x[i] for x in batch)
+        reference_ppo_update(ref, obs, actions, logprobs, advantages, perms[:, i], args, *returns)
         got = reference_single_agent(stacked, i)
         for p, q in zip(got.parameters(), ref.parameters()):
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
         assert not torch.equal(ref.actor_logstd, agents.actor_logstd[i])  # the update did move it
+    assert hasattr(agents, "critic") == (m is mr)
+
+
+def test_advantage_variant_inner_ppo_uses_the_networks_advantages(monkeypatch):
+    """metareward_advantage: each inner update gets the block's sampled A^m as its advantages."""
+    seen = []
+    real = ma.inner_ppo_update
+    monkeypatch.setattr(ma, "inner_ppo_update", lambda ag, opt, o, a, lp, adv, *r: seen.append(adv.clone())
+                        or real(ag, opt, o, a, lp, adv, *r))
+    batch = ma.run_lifetimes(FakeEnvs(3, 1), [None] * 3, ma.MetaNet(), tiny_args(ma), torch.device("cpu"), ma.Timer())
+    assert len(seen) == 2
+    for i, adv in enumerate(seen):
+        assert torch.equal(adv, batch["meta_actions"][:, i * 20:(i + 1) * 20])
 
 
 # 6. End to end ------------------------------------------------------------------------------
@@ -353,9 +388,17 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_end_to_end_tiny_run(tmp_path, monkeypatch):
+TIMING = ("charts/SPS", "charts/seconds_per_update")
+
+
+def untimed(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
+
+
+@both
+def test_end_to_end_tiny_run(m, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run_dir = mr.main(tiny_args(seed=3))
+    run_dir = m.main(tiny_args(m, seed=3))
     rows = read_csv(os.path.join(run_dir, "progress.csv"))
     assert len(rows) == 2 and [r["update"] for r in rows] == ["1", "2"]
     assert rows[-1]["global_step"] == str(2 * 3 * 60)
@@ -364,24 +407,22 @@ def test_end_to_end_tiny_run(tmp_path, monkeypatch):
         assert all(0.0 <= s <= 1.0 for s in succ)
         assert np.isfinite([float(r[k]) for k in ("losses/value_loss", "losses/policy_loss", "charts/SPS")]).all()
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
-    assert ckpt["script"] == "metareward" and ckpt["update"] == 2
-    net = mr.load_meta_net(os.path.join(run_dir, "checkpoint.pt"))
-    torch.manual_seed(3)  # main() seeds, then builds the reward network before anything else draws
-    initial = mr.MetaNet(0.2)
+    assert ckpt["script"] == m.SCRIPT and ckpt["update"] == 2
+    net = m.load_meta_net(os.path.join(run_dir, "checkpoint.pt"))
+    torch.manual_seed(3)  # main() seeds, then builds the network before anything else draws
+    initial = m.MetaNet()
     assert all(p.shape == q.shape for p, q in zip(net.parameters(), initial.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(net.parameters(), initial.parameters()))
 
 
-def test_worker_processes_give_the_same_run(tmp_path, monkeypatch):
+@both
+def test_worker_processes_give_the_same_run(m, tmp_path, monkeypatch):
     """Stepping the envs in 2 worker processes changes nothing but the speed."""
     monkeypatch.chdir(tmp_path)
-    timing = ("charts/SPS", "charts/seconds_per_update")
-    runs = []
-    for workers in (1, 2):
-        rows = read_csv(os.path.join(mr.main(tiny_args(num_workers=workers, num_outer_updates=1,
-                                                       exp_name=f"w{workers}")), "progress.csv"))
-        runs.append([{k: v for k, v in r.items() if k not in timing and not k.startswith("time/")} for r in rows])
-    assert runs[0] == runs[1]
+    runs = [m.main(tiny_args(m, num_workers=w, num_outer_updates=1, exp_name=f"w{w}")) for w in (1, 2)]
+    assert untimed(read_csv(os.path.join(runs[0], "progress.csv"))) == \
+        untimed(read_csv(os.path.join(runs[1], "progress.csv")))
+    assert read_csv(os.path.join(runs[0], "eval.csv")) == read_csv(os.path.join(runs[1], "eval.csv"))
 
 
 def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
@@ -402,30 +443,26 @@ def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
     (["--lifetimes-per-update", "51"], "needs 51 distinct tasks per class, but the benchmark has only 50"),
     (["--meta-nsteps", "6000"], "horizon 6000 must lie in"),
 ])
-def test_bad_input_exits_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+@both
+def test_bad_input_exits_with_one_line(m, argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        mr.cli(argv)
+        m.cli(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: ") and message in err
     assert not os.path.exists("runs")  # nothing was started
 
 
-def test_bad_input_from_the_command_line():
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "metareward.py"), "--env-name", "nope"],
+@pytest.mark.parametrize("script", ["metareward.py", "metareward_advantage.py"])
+def test_bad_input_from_the_command_line(script):
+    proc = subprocess.run([sys.executable, os.path.join(HERE, script), "--env-name", "nope"],
                           capture_output=True, text=True, cwd=HERE, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown --env-name 'nope'" in proc.stderr
 
 
 # Evaluation, baselines, resume, reproducibility, bad checkpoints ------------------------------------
-TIMING = ("charts/SPS", "charts/seconds_per_update")
-
-
-def untimed(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
-
 
 @pytest.mark.parametrize("mode", ["intrinsic", "sparse", "shaped"])
 def test_inner_ppo_learns_from_the_chosen_reward(mode, monkeypatch):
@@ -443,19 +480,21 @@ def test_inner_ppo_learns_from_the_chosen_reward(mode, monkeypatch):
         assert torch.all(batch["meta_inputs"] == 0)  # the baselines never run the reward network
 
 
-def test_evaluation_uses_mean_reward_and_deterministic_episodes():
-    args = tiny_args()
+@both
+def test_evaluation_uses_mean_signal_and_deterministic_episodes(m):
+    args = tiny_args(m)
     torch.manual_seed(0)
-    net = mr.MetaNet()
-    rows, first = mr.evaluate(FakeEnvs(3, 2), [FakeTask("t0"), FakeTask("t1")], net, args, torch.device("cpu"), 2)
+    net = m.MetaNet()
+    rows, first = m.evaluate(FakeEnvs(3, 2), [FakeTask("t0"), FakeTask("t1")], net, args, torch.device("cpu"), 2)
     assert [(r["task"], r["repeat"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     T, L = args.max_episode_steps, args.lifetime_steps
     assert first["success"].shape == (L + 4 * T,)  # 6 learning episodes, then 4 deterministic ones
     per_episode = [float(first["success"][e * T:(e + 1) * T].max()) for e in range(10)]
     assert [rows[0][f"success_ep{e:02d}"] for e in range(1, 7)] == per_episode[:6]
     assert rows[0]["success_det"] == pytest.approx(np.mean(per_episode[6:]))
-    _, _, means = replay(net, {"meta_inputs": first["meta_inputs"][None], "meta_actions": first["meta_actions"][None]}, 16, 16)
-    torch.testing.assert_close(first["meta_actions"], means[0], atol=1e-5, rtol=0)  # deterministic: r^i = its mean
+    record = {"meta_inputs": first["meta_inputs"][None], "meta_actions": first["meta_actions"][None]}
+    _, _, means = replay(net, record, 16, 16, m=m)
+    torch.testing.assert_close(first["meta_actions"], means[0], atol=1e-5, rtol=0)  # deterministic: the mean
 
 
 class FakeTask:
@@ -481,28 +520,37 @@ def check_eval_dir(run_dir, n_rows, mode):
     return rows
 
 
-def test_train_then_evaluate_and_both_baselines(tmp_path, monkeypatch, capsys):
+@both
+def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_dir = mr.main(tiny_args(seed=3))
-    check_eval_dir(run_dir, 2 * 2, "intrinsic")
-    trace = read_csv(os.path.join(run_dir, "reward_trace.csv"))
-    assert len(trace) == 60 and set(trace[0]) == {"step", "episode", "intrinsic_reward", "shaped_reward",
-                                                   "sparse_reward", "success"}
+    run_dir = m.main(tiny_args(m, seed=3))
+    mode, trace_file, signal = {mr: ("intrinsic", "reward_trace.csv", "intrinsic_reward"),
+                                ma: ("advantage", "advantage_trace.csv", "meta_advantage")}[m]
+    check_eval_dir(run_dir, 2 * 2, mode)
+    trace = read_csv(os.path.join(run_dir, trace_file))
+    assert len(trace) == 60
+    assert set(trace[0]) == {"step", "episode", signal, "shaped_reward", "sparse_reward", "success"}
     out = capsys.readouterr().out
-    assert "corr(intrinsic, shaped)" in out and "deterministic" in out
-    best = os.path.join(run_dir, "meta_net_best.pt")
-    eval_dir = mr.main(tiny_args(seed=3, eval_checkpoint=best, exp_name="e"))
-    check_eval_dir(eval_dir, 4, "intrinsic")
+    assert f"corr({mode}, shaped)" in out and "deterministic" in out
+    eval_dir = m.main(tiny_args(m, seed=3, eval_checkpoint=os.path.join(run_dir, "meta_net_best.pt"), exp_name="e"))
+    check_eval_dir(eval_dir, 4, mode)
     assert not os.path.exists(os.path.join(eval_dir, "progress.csv"))  # no meta-training
+
+
+def test_both_baselines_run_the_same_evaluation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     for mode in ("sparse", "shaped"):
-        check_eval_dir(mr.main(tiny_args(seed=3, inner_reward=mode)), 4, mode)
+        run_dir = mr.main(tiny_args(seed=3, inner_reward=mode))
+        check_eval_dir(run_dir, 4, mode)
+        assert not os.path.exists(os.path.join(run_dir, "progress.csv"))  # no meta-training
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+@both
+def test_resume_after_a_crash_equals_an_uninterrupted_run(m, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = dict(num_outer_updates=4, save_every=2, eval_tasks=1, eval_repeats=1)
-    straight = mr.main(tiny_args(exp_name="straight", **args))
-    real_update, calls = mr.outer_ppo_update, []
+    straight = m.main(tiny_args(m, exp_name="straight", **args))
+    real_update, calls = m.outer_ppo_update, []
 
     def crash_in_update_4(*a):
         calls.append(1)
@@ -510,13 +558,13 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_update(*a)
 
-    monkeypatch.setattr(mr, "outer_ppo_update", crash_in_update_4)
+    monkeypatch.setattr(m, "outer_ppo_update", crash_in_update_4)
     with pytest.raises(KeyboardInterrupt):
-        mr.main(tiny_args(exp_name="crashed", **args))
-    monkeypatch.setattr(mr, "outer_ppo_update", real_update)
+        m.main(tiny_args(m, exp_name="crashed", **args))
+    monkeypatch.setattr(m, "outer_ppo_update", real_update)
     crashed = next(d for d in (tmp_path / "runs").iterdir() if "crashed" in d.name)
     assert len(read_csv(crashed / "progress.csv")) == 3  # update 3 was logged after the last checkpoint (2)
-    resumed = mr.main(mr.Args(resume=str(crashed / "checkpoint.pt")))
+    resumed = m.main(m.Args(resume=str(crashed / "checkpoint.pt")))
     assert resumed == str(crashed)
     assert untimed(read_csv(os.path.join(straight, "progress.csv"))) == untimed(read_csv(crashed / "progress.csv"))
     a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True) for d in (straight, crashed))
@@ -525,9 +573,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
     assert read_csv(os.path.join(straight, "eval.csv")) == read_csv(crashed / "eval.csv")
 
 
-def test_same_seed_same_csv_other_seed_differs(tmp_path, monkeypatch):
+@both
+def test_same_seed_same_csv_other_seed_differs(m, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    runs = [mr.main(tiny_args(seed=s, exp_name=f"r{i}", num_outer_updates=1, eval_tasks=1, eval_repeats=1))
+    runs = [m.main(tiny_args(m, seed=s, exp_name=f"r{i}", num_outer_updates=1, eval_tasks=1, eval_repeats=1))
             for i, s in enumerate((5, 5, 6))]
     progress = [untimed(read_csv(os.path.join(r, "progress.csv"))) for r in runs]
     evals = [read_csv(os.path.join(r, "eval.csv")) for r in runs]
@@ -536,14 +585,17 @@ def test_same_seed_same_csv_other_seed_differs(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def saved_checkpoint(tmp_path_factory):
-    cwd, folder = os.getcwd(), tmp_path_factory.mktemp("ckpt")
+def saved_checkpoints(tmp_path_factory):
+    """A real checkpoint.pt of each script."""
+    cwd, folder, paths = os.getcwd(), tmp_path_factory.mktemp("ckpt"), {}
     os.chdir(folder)
     try:
-        run_dir = mr.main(tiny_args(num_outer_updates=1, eval_tasks=1, eval_repeats=1))
+        for m in (mr, ma):
+            paths[m] = os.path.join(folder, m.main(tiny_args(m, num_outer_updates=1, eval_tasks=1, eval_repeats=1)),
+                                    "checkpoint.pt")
     finally:
         os.chdir(cwd)
-    return os.path.join(folder, run_dir, "checkpoint.pt")
+    return paths
 
 
 def bad_copy(path, tmp_path, change):
@@ -554,9 +606,11 @@ def bad_copy(path, tmp_path, change):
     return out
 
 
+@both
 @pytest.mark.parametrize("case", ["missing", "truncated", "other_script", "sizes", "net_only_resume"])
-def test_bad_checkpoints_exit_with_one_line(case, saved_checkpoint, tmp_path, capsys, monkeypatch):
+def test_bad_checkpoints_exit_with_one_line(m, case, saved_checkpoints, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    saved_checkpoint = saved_checkpoints[m]
     flag, expected = "--eval-checkpoint", ""
     if case == "missing":
         path, expected = str(tmp_path / "nope.pt"), "checkpoint not found"
@@ -564,37 +618,37 @@ def test_bad_checkpoints_exit_with_one_line(case, saved_checkpoint, tmp_path, ca
         path, expected = str(tmp_path / "half.pt"), "truncated or not a checkpoint"
         data = open(saved_checkpoint, "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
-    elif case == "other_script":
-        path = bad_copy(saved_checkpoint, tmp_path, lambda c: c.update(script="metareward_advantage"))
-        expected = "was written by metareward_advantage.py, not metareward.py"
+    elif case == "other_script":  # the other script's real checkpoint
+        path = saved_checkpoints[ma if m is mr else mr]
+        expected = f"was written by {(ma if m is mr else mr).SCRIPT}.py, not {m.SCRIPT}.py"
     elif case == "sizes":
         path = bad_copy(saved_checkpoint, tmp_path, lambda c: c["meta_net"].update(
             {"fc1.weight": torch.zeros(100, mr.META_INPUT_DIM)}))
-        expected = "does not fit this script's reward network"
+        expected = "does not fit this script's network"
     else:
         path = bad_copy(saved_checkpoint, tmp_path, lambda c: c.pop("optimizer"))
-        flag, expected = "--resume", "holds only a reward network"
+        flag, expected = "--resume", "holds only a network"
     with pytest.raises(SystemExit) as exc:
-        mr.cli([flag, path])
+        m.cli([flag, path])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "\n" not in err and expected in err
     assert not os.path.exists("runs")
 
 
-def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+@both
+def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(m, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    real, calls = mr.meta_advantages, []
+    real, calls = m.meta_advantages, []
 
     def nan_in_update_2(*a):
         calls.append(1)
         adv, ret = real(*a)
         return (adv * np.nan, ret) if len(calls) == 2 else (adv, ret)
 
-    monkeypatch.setattr(mr, "meta_advantages", nan_in_update_2)
+    monkeypatch.setattr(m, "meta_advantages", nan_in_update_2)
     with pytest.raises(SystemExit) as exc:
-        mr.cli([f"--{k.replace('_', '-')}={' '.join(map(str, v)) if isinstance(v, tuple) else v}"
-                for k, v in TINY.items() if not isinstance(v, tuple)] +
-               ["--meta-nsteps", "25", "30", "35", "--meta-nsteps-fallback", "1", "6", "11", "--num-outer-updates", "3"])
+        m.cli([word for k, v in {**TINY, "num_outer_updates": 3}.items()
+               for word in [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, tuple) else [v])]])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "\n" not in err and "update 2: non-finite outer loss" in err
     run_dir = next((tmp_path / "runs").iterdir())

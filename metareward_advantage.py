@@ -1,0 +1,935 @@
+"""Black-box meta-learning of an advantage function for sparse-reward environments.
+
+Pappalardo, Ramele, Santos (2024), arXiv 2407.21546, section 5.2; ../shared/SPEC.md section 5.
+The variant of metareward.py: diff the two files to see exactly what changes.
+
+An LSTM "advantage agent" (MetaNet) watches a fresh actor-only PPO agent learn a MetaWorld task
+from a sparse signal and emits an advantage A^m_t for every (s_t, a_t); the inner PPO's clipped
+surrogate uses A^m directly (no critic, no GAE). The advantage agent is itself trained with PPO
+(truncated BPTT) to maximise the *shaped* return the inner agents reach over their lifetimes.
+One outer update = N lifetimes run in lockstep: the N inner agents are independent learners whose
+parameters are stacked on a leading agent dimension.
+
+    python metareward_advantage.py            # the paper's ML1 door-close experiment, advantage variant
+    python metareward_advantage.py --help     # every hyperparameter, with the paper's default
+"""
+import csv
+import math
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Literal, Optional
+
+import metaworld
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions.normal import Normal
+
+OBS_DIM, ACT_DIM = 39, 4
+META_INPUT_DIM = OBS_DIM + ACT_DIM + 4  # [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, A^m_(t-1)]
+# Per-step inference runs on 1 thread (tiny ops; more threads fight the env workers for the cores);
+# the inner and outer PPO updates, during which the env workers idle, use all of them.
+UPDATE_THREADS = torch.get_num_threads()
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (task sampling, network initialisation, sampling)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, use CUDA when available (the workload is bound by CPU env stepping)"""
+
+    # Environments (SPEC 1, 8)
+    benchmark: Literal["ML1", "ML10"] = "ML1"
+    """the MetaWorld meta-learning benchmark"""
+    env_name: str = "door-close-v3"
+    """the ML1 task class (ignored for ML10)"""
+    max_episode_steps: int = 500
+    """episode length T (MetaWorld's max_path_length; lower it only for quick tests)"""
+    num_workers: int = 1
+    """worker processes that step the environments (1 = step in this process)"""
+
+    # Meta-training: the outer loop (SPEC 4)
+    num_outer_updates: Optional[int] = None
+    """outer PPO updates (None = the paper's: 500 for ML1, 1500 for ML10)"""
+    lifetimes_per_update: int = 30
+    """N, the meta-batch: lifetimes (distinct train tasks) per outer update"""
+    lifetime_steps: int = 6000
+    """env steps of one lifetime (12 episodes)"""
+    meta_learning_rate: float = 5e-5
+    """Adam learning rate of the reward network"""
+    meta_gamma: float = 0.9
+    """per-episode discount of the outer objective J(phi)"""
+    meta_nsteps: tuple[int, ...] = (2200, 2500, 2800, 3100, 3400, 3700)
+    """horizons n of the n-step meta-advantages A^(n)_t"""
+    meta_nsteps_fallback: tuple[int, ...] = (1, 301, 601, 901, 1201, 1501)
+    """horizons used where no horizon of --meta-nsteps qualifies"""
+    meta_nstep_decay: float = 0.85
+    """weight decay over horizons: A_t = sum_k 0.85^k A^(n_k) / sum_k 0.85^k"""
+    reward_scale: float = 1e-4
+    """r~ = r / (running mean of the class's per-step shaped reward + 1e-7) * reward_scale"""
+    tbptt_len: int = 400
+    """truncated-BPTT chunk length of the outer PPO"""
+    meta_update_epochs: int = 12
+    """epochs of the outer PPO"""
+    meta_clip_coef: float = 0.2
+    """surrogate clipping coefficient of the outer PPO"""
+    meta_ent_coef: float = 0.0005
+    """entropy coefficient of the outer PPO"""
+    meta_vf_coef: float = 0.5
+    """value-loss coefficient of the outer PPO"""
+    meta_max_grad_norm: float = 0.5
+    """gradient-norm clip of the outer PPO"""
+    meta_target_kl: float = 0.01
+    """stop the outer epochs once an epoch's approximate KL exceeds this"""
+    meta_std_scale: float = 1.0
+    """std of the meta-learned advantage = meta_std_scale * exp(head(h_t))"""
+
+    # The inner PPO (SPEC 2), re-initialised for every lifetime
+    steps_per_update: int = 2000
+    """env steps per inner PPO update (2 updates per 6000-step lifetime)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the inner agents"""
+    update_epochs: int = 64
+    """epochs of each inner PPO update"""
+    num_minibatches: int = 16
+    """minibatches per inner epoch"""
+    norm_adv: bool = True
+    """normalise the inner advantages per minibatch"""
+    clip_coef: float = 0.2
+    """surrogate clipping coefficient of the inner PPO"""
+    ent_coef: float = 0.0
+    """entropy coefficient of the inner PPO"""
+    max_grad_norm: float = 0.5
+    """gradient-norm clip of the inner PPO (per agent)"""
+
+    # Evaluation (SPEC 6); the baselines are metareward.py's --inner-reward sparse|shaped
+    eval_checkpoint: Optional[str] = None
+    """evaluate this saved reward network instead of meta-training one"""
+    eval_split: Literal["train", "test"] = "test"
+    """the tasks of the final evaluation"""
+    eval_tasks: Optional[int] = None
+    """evaluate on the first this-many tasks of the split (None = all)"""
+    eval_repeats: int = 10
+    """lifetimes per evaluation task"""
+    eval_deterministic_episodes: int = 4
+    """episodes of the deterministic final policy after each evaluation lifetime"""
+    val_every: int = 25
+    """validate the reward network every this many outer updates (0 = never); keeps the best"""
+    val_tasks: int = 10
+    """validation lifetimes: one per fresh goal of the train classes, disjoint from the train and test tasks"""
+
+    # Checkpoints
+    save_every: int = 25
+    """write the checkpoint every this many outer updates (and at the end)"""
+    resume: Optional[str] = None
+    """continue the run of this checkpoint (its settings; --num-outer-updates may extend it)"""
+
+
+class ConfigError(ValueError):
+    """Bad input: reported as one line and a non-zero exit, before any work is done."""
+
+
+def check_args(args):
+    """Fill the benchmark-dependent defaults and reject inconsistent settings early."""
+    if args.num_outer_updates is None:
+        args.num_outer_updates = 500 if args.benchmark == "ML1" else 1500
+    if args.benchmark == "ML1" and args.env_name not in metaworld.ML1.ENV_NAMES:
+        raise ConfigError(f"unknown --env-name {args.env_name!r}; valid: {', '.join(metaworld.ML1.ENV_NAMES)}")
+    for name in ("max_episode_steps", "lifetime_steps", "steps_per_update", "lifetimes_per_update",
+                 "num_outer_updates", "tbptt_len", "num_workers", "update_epochs", "num_minibatches",
+                 "meta_update_epochs", "save_every", "eval_repeats", "val_tasks"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.lifetime_steps % args.steps_per_update:
+        raise ConfigError(f"--lifetime-steps {args.lifetime_steps} is not a multiple of "
+                          f"--steps-per-update {args.steps_per_update}")
+    if args.steps_per_update % args.max_episode_steps:
+        raise ConfigError(f"--steps-per-update {args.steps_per_update} is not a multiple of the episode "
+                          f"length --max-episode-steps {args.max_episode_steps}")
+    if args.lifetime_steps // args.steps_per_update < 2:
+        raise ConfigError("a lifetime needs at least one inner update and a block after it: "
+                          "--lifetime-steps must be at least 2 x --steps-per-update")
+    if args.steps_per_update % args.num_minibatches:
+        raise ConfigError(f"--steps-per-update {args.steps_per_update} is not divisible by "
+                          f"--num-minibatches {args.num_minibatches}")
+    if args.tbptt_len > args.lifetime_steps:
+        raise ConfigError(f"--tbptt-len {args.tbptt_len} is larger than the {args.lifetime_steps} steps "
+                          "the outer PPO replays")
+    for n in args.meta_nsteps + args.meta_nsteps_fallback:
+        if not 0 < n < args.lifetime_steps:
+            raise ConfigError(f"meta n-step horizon {n} must lie in [1, --lifetime-steps)")
+    if args.eval_tasks is not None and args.eval_tasks < 1:
+        raise ConfigError(f"--eval-tasks must be at least 1, got {args.eval_tasks}")
+    if args.num_workers > args.lifetimes_per_update:
+        raise ConfigError(f"--num-workers {args.num_workers} exceeds --lifetimes-per-update "
+                          f"{args.lifetimes_per_update}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments (SPEC 1, 8)
+# ---------------------------------------------------------------------------------------------
+def make_benchmark(args, seed=None):
+    """The MetaWorld benchmark object; its seed (default --seed) fixes the train/test goal positions."""
+    seed = args.seed if seed is None else seed
+    return metaworld.ML1(args.env_name, seed=seed) if args.benchmark == "ML1" else metaworld.ML10(seed=seed)
+
+
+def sample_tasks(classes, tasks, n, rng):
+    """n distinct tasks: lifetime i gets class i mod C, distinct goals per class, drawn with rng
+    (None: in the benchmark's order). ML1: n distinct goals; ML10: each of the 10 classes n/10 times."""
+    names = list(classes)
+    by_class = {c: [t for t in tasks if t.env_name == c] for c in names}
+    need = math.ceil(n / len(names))
+    if need > min(len(v) for v in by_class.values()):
+        raise ConfigError(f"--lifetimes-per-update {n} needs {need} distinct tasks per class, but the "
+                          f"benchmark has only {min(len(v) for v in by_class.values())}")
+    perms = {c: rng.permutation(len(by_class[c])) if rng else np.arange(len(by_class[c])) for c in names}
+    return [by_class[names[i % len(names)]][perms[names[i % len(names)]][i // len(names)]] for i in range(n)]
+
+
+def make_env(env_cls, task, max_episode_steps):
+    env = env_cls()
+    env.set_task(task)
+    env.max_path_length = max_episode_steps
+    return env
+
+
+class EnvGroup:
+    """Some of the N environments of a meta-batch, stepped one after another."""
+
+    def __init__(self, classes, max_episode_steps):
+        self.classes, self.max_episode_steps, self.envs = classes, max_episode_steps, []
+
+    def set_tasks(self, tasks):
+        """Give each env its lifetime's task (re-using envs of the right class); return first obs."""
+        old = {}
+        for env in self.envs:
+            old.setdefault(env.__class__, []).append(env)
+        self.envs = []
+        for task in tasks:
+            cls = self.classes[task.env_name]
+            env = old[cls].pop() if old.get(cls) else make_env(cls, task, self.max_episode_steps)
+            env.set_task(task)
+            self.envs.append(env)
+        return np.stack([env.reset()[0] for env in self.envs]).astype(np.float32)
+
+    def step(self, actions):
+        """Step every env; at an episode's end the returned obs is the next episode's first."""
+        obs, rewards, successes = [], [], []
+        for env, action in zip(self.envs, actions):
+            o, r, _, truncated, info = env.step(action)
+            if truncated:  # episodes are exactly max_episode_steps long (SPEC 1)
+                o, _ = env.reset()
+            obs.append(o)
+            rewards.append(r)
+            successes.append(info["success"])
+        return np.stack(obs).astype(np.float32), np.array(rewards, np.float32), np.array(successes) > 0
+
+
+def env_worker(remote, classes, max_episode_steps):
+    group = EnvGroup(classes, max_episode_steps)
+    while True:
+        cmd, data = remote.recv()
+        if cmd == "close":
+            break
+        remote.send(getattr(group, cmd)(data))
+
+
+class LockstepEnvs:
+    """Environments stepped in lockstep, split over `num_workers` processes (1 = in-process)."""
+
+    def __init__(self, classes, max_episode_steps, num_workers):
+        self.num_workers = num_workers
+        if num_workers == 1:
+            self.group = EnvGroup(classes, max_episode_steps)
+            return
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.remotes, self.procs = [], []
+        for _ in range(num_workers):
+            remote, child = ctx.Pipe()
+            proc = ctx.Process(target=env_worker, args=(child, classes, max_episode_steps), daemon=True)
+            proc.start()
+            child.close()
+            self.remotes.append(remote)
+            self.procs.append(proc)
+
+    def _call(self, cmd, items):
+        if self.num_workers == 1:
+            return getattr(self.group, cmd)(items)
+        busy = [(remote, idx) for remote, idx in zip(self.remotes, self.splits) if len(idx)]
+        for remote, idx in busy:
+            remote.send((cmd, [items[i] for i in idx] if isinstance(items, list) else items[idx]))
+        results = [remote.recv() for remote, _ in busy]
+        return [np.concatenate(parts) for parts in zip(*results)] if cmd == "step" else np.concatenate(results)
+
+    def set_tasks(self, tasks):
+        """One task per env (their number may change between calls); returns the first observations."""
+        self.splits = np.array_split(np.arange(len(tasks)), self.num_workers)
+        return self._call("set_tasks", tasks)
+
+    def step(self, actions):
+        return self._call("step", actions)
+
+    def close(self):
+        for remote, proc in zip(getattr(self, "remotes", []), getattr(self, "procs", [])):
+            remote.send(("close", None))
+            proc.join()
+
+
+def sparse_reward(success, k, solved, episode_len):
+    """SPEC 1: r^e_t = 1 - 0.7 k/T at the first success of an episode (k = 0-based step index),
+    -0.2 at its last step if it never succeeded, 0 otherwise. Returns (r^e_t, solved so far)."""
+    if k == 0:
+        solved = torch.zeros_like(solved)
+    first = success & ~solved
+    solved = solved | success
+    r = torch.where(first, 1.0 - 0.7 * k / episode_len, 0.0)
+    if k == episode_len - 1:
+        r = torch.where(solved, r, -0.2)
+    return r, solved
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class StackedMLP(nn.Module):
+    """N independent tanh MLPs, one per agent: weights (N, in, out), one batched matmul per layer."""
+
+    def __init__(self, n, sizes, out_gain):
+        super().__init__()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            gain = out_gain if i == len(sizes) - 2 else np.sqrt(2)
+            w = torch.empty(n, fan_out, fan_in)
+            for agent in range(n):  # orthogonal init of each agent's (out, in) matrix, as nn.Linear
+                torch.nn.init.orthogonal_(w[agent], gain)
+            self.weights.append(nn.Parameter(w.transpose(1, 2).contiguous()))
+            self.biases.append(nn.Parameter(torch.zeros(n, 1, fan_out)))
+
+    def forward(self, x):  # x: (N, B, in) -> (N, B, out)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < len(self.weights) - 1:
+                x = torch.tanh(x)
+        return x
+
+
+class InnerAgents(nn.Module):
+    """N fresh actor-only PPO agents (SPEC 2, 5): 39 -> 64 -> 64 -> 4, state-independent log-std."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.actor_mean = StackedMLP(n, [OBS_DIM, 64, 64, ACT_DIM], out_gain=0.01)
+        self.actor_logstd = nn.Parameter(torch.zeros(n, 1, ACT_DIM))  # log(1.0)
+
+    def get_action(self, obs, action=None):
+        mean = self.actor_mean(obs)
+        probs = Normal(mean, self.actor_logstd.exp().expand_as(mean), validate_args=False)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1)
+
+
+class MetaNet(nn.Module):
+    """The meta-learned network phi, here the advantage agent (SPEC 3, 5): encoder, an LSTM over
+    the whole lifetime, and heads for the mean arctan(.) and std meta_std_scale * exp(.) of its
+    action A^m_t, and the outer critic V_t."""
+
+    def __init__(self, std_scale=1.0):
+        super().__init__()
+        self.std_scale = std_scale
+        self.fc1 = layer_init(nn.Linear(META_INPUT_DIM, 124))
+        self.fc2 = layer_init(nn.Linear(128, 28))
+        self.lstm = nn.LSTM(32, 128, batch_first=True)
+        for name, param in self.lstm.named_parameters():
+            if "bias" in name:
+                nn.init.constant_(param, 0)
+            elif "weight" in name:
+                nn.init.orthogonal_(param, 1.0)
+        self.mean_head = nn.Sequential(layer_init(nn.Linear(128, 128)), nn.Tanh(),
+                                       layer_init(nn.Linear(128, 128)), nn.Tanh(),
+                                       layer_init(nn.Linear(128, 1), std=0.01))
+        self.logstd_head = nn.Sequential(layer_init(nn.Linear(128, 128)), nn.Tanh(),
+                                         layer_init(nn.Linear(128, 1), std=0.01))
+        self.critic = nn.Sequential(layer_init(nn.Linear(128, 512)), nn.Tanh(),
+                                    layer_init(nn.Linear(512, 1), std=1.0))
+
+    def initial_state(self, n, device=None):
+        return (torch.zeros(1, n, 128, device=device), torch.zeros(1, n, 128, device=device))
+
+    def forward(self, x, state):
+        """x: (N, S, 47) inputs of S consecutive steps -> mean, std, value (N, S) and the LSTM state."""
+        scalars = x[..., -4:]  # pi(a_t|s_t), 3 r^e_t, 2 d_t, A^m_(t-1): re-fed after each layer
+        h = torch.cat([torch.relu(self.fc1(x)), scalars], -1)
+        h = torch.cat([torch.relu(self.fc2(h)), scalars], -1)
+        h, state = self.lstm(h, state)
+        mean = torch.atan(self.mean_head(h)).squeeze(-1)
+        std = self.std_scale * torch.exp(self.logstd_head(h)).squeeze(-1)
+        return mean, std, self.critic(h).squeeze(-1), state
+
+
+# ---------------------------------------------------------------------------------------------
+# Inner loop: N independent actor-only PPO learners at once (SPEC 2, 5)
+# ---------------------------------------------------------------------------------------------
+def clip_grad_norm_per_agent_(params, max_norm):
+    """torch.nn.utils.clip_grad_norm_ for each agent's slice (the leading dim) separately."""
+    norms = torch.stack([p.grad.pow(2).flatten(1).sum(1) for p in params]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+
+
+def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, perms, args):
+    """One PPO update of every inner agent on its own (N, B) batch, its clipped surrogate on the
+    meta-learned advantages. perms: (epochs, N, B), each agent's own minibatch shuffles. The loss is
+    the sum of the agents' mean losses, so that each agent's gradient is exactly its own; gradient
+    norms are clipped per agent."""
+    n, b = advantages.shape
+    mb = b // args.num_minibatches
+    rows = torch.arange(n, device=obs.device)[:, None]
+    params = list(agents.parameters())
+    for epoch in range(args.update_epochs):
+        p = perms[epoch]
+        e_obs, e_act, e_logp, e_adv = (x[rows, p] for x in (obs, actions, logprobs, advantages))
+        for start in range(0, b, mb):
+            sl = slice(start, start + mb)
+            _, newlogprob, entropy = agents.get_action(e_obs[:, sl], e_act[:, sl])
+            ratio = (newlogprob - e_logp[:, sl]).exp()
+            mb_adv = e_adv[:, sl]
+            if args.norm_adv:
+                mb_adv = (mb_adv - mb_adv.mean(1, keepdim=True)) / (mb_adv.std(1, keepdim=True) + 1e-8)
+            pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef))
+            loss = (pg_loss - args.ent_coef * entropy).mean(1).sum()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite inner PPO loss in epoch {epoch}")
+            optimizer.zero_grad()
+            loss.backward()
+            clip_grad_norm_per_agent_(params, args.max_grad_norm)
+            optimizer.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes
+# ---------------------------------------------------------------------------------------------
+class Timer:
+    """Accumulates wall-clock seconds per named part of an outer update."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def add(self, name, t0):
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        return time.perf_counter()
+
+
+def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
+    """The inner loop of Alg. 1: N fresh inner agents each live one lifetime on their task and learn
+    from the advantages A^m of the advantage network only (sampled in training, their mean in
+    evaluation). In evaluation, `--eval-deterministic-episodes` episodes of the final policy's mean
+    action follow.
+
+    Returns the per-step record (N, steps, ...) of everything the outer update and the logs need."""
+    n, L, T, U = len(tasks), args.lifetime_steps, args.max_episode_steps, args.steps_per_update
+    steps = L + (args.eval_deterministic_episodes * T if evaluation else 0)
+    agents = InnerAgents(n).to(device)  # theta re-initialised for every lifetime
+    optimizer = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
+    z = lambda *shape: torch.zeros((n, steps) + shape, device=device)
+    obs, actions, logprobs = z(OBS_DIM), z(ACT_DIM), z()
+    meta_inputs, meta_actions, meta_logprobs, meta_values = z(META_INPUT_DIM), z(), z(), z()
+    sparse, shaped, success = z(), z(), z()
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    next_obs = torch.as_tensor(envs.set_tasks(tasks), device=device)
+    state = meta_net.initial_state(n, device)
+    prev_a, solved = torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device)
+    t0 = timer.add("env", t0)
+    for t in range(steps):
+        k = t % T  # step index within the episode
+        obs[:, t] = next_obs
+        with torch.no_grad():
+            if t < L:
+                action, logprob, _ = agents.get_action(next_obs[:, None])
+                actions[:, t], logprobs[:, t] = action[:, 0], logprob[:, 0]
+            else:  # evaluation: the final policy made deterministic (its mean action)
+                action = agents.actor_mean(next_obs[:, None])
+        t0 = timer.add("inference", t0)
+        o, r, s = envs.step(action[:, 0].clamp(-1, 1).cpu().numpy())  # stored unclipped, clipped for the env
+        t0 = timer.add("env", t0)
+        next_obs, shaped[:, t] = torch.as_tensor(o, device=device), torch.as_tensor(r, device=device)
+        success[:, t] = torch.as_tensor(s, device=device)
+        sparse[:, t], solved = sparse_reward(success[:, t] > 0, k, solved, T)
+        if t < L:
+            # advantage-network input x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, A^m_(t-1)] (SPEC 3, 5)
+            x = torch.cat([obs[:, t], actions[:, t], logprobs[:, t, None].exp(), 3.0 * sparse[:, t, None],
+                           torch.full((n, 1), 2.0 if k == 0 else 0.0, device=device), prev_a[:, None]], 1)
+            meta_inputs[:, t] = x
+            with torch.no_grad():
+                mean, std, meta_value, state = meta_net(x[:, None], state)
+                probs = Normal(mean[:, 0], std[:, 0], validate_args=False)
+                # A^m_t ~ N(mean, std) in training (its mean in evaluation): what the inner PPO gets and
+                # what is fed back
+                prev_a = probs.mean if evaluation else probs.sample()
+            meta_actions[:, t], meta_logprobs[:, t] = prev_a, probs.log_prob(prev_a)
+            meta_values[:, t] = meta_value[:, 0]
+            t0 = timer.add("inference", t0)
+
+        if (t + 1) % U == 0 and t + 1 < L:  # the inner PPO update after each block of U steps
+            blk = slice(t + 1 - U, t + 1)
+            perms = torch.rand(args.update_epochs, n, U, device=device).argsort(-1)
+            torch.set_num_threads(UPDATE_THREADS)
+            inner_ppo_update(agents, optimizer, obs[:, blk], actions[:, blk], logprobs[:, blk],
+                             meta_actions[:, blk], perms, args)
+            torch.set_num_threads(1)
+            t0 = timer.add("inner_ppo", t0)
+    torch.set_num_threads(UPDATE_THREADS)
+    return dict(meta_inputs=meta_inputs[:, :L], meta_actions=meta_actions[:, :L], meta_logprobs=meta_logprobs[:, :L],
+                meta_values=meta_values[:, :L], sparse=sparse, shaped=shaped, success=success)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4)
+# ---------------------------------------------------------------------------------------------
+class ShapedRewardNormalizer:
+    """Running mean of each task class's per-step shaped reward; r~ = r / (mean + 1e-7) * scale."""
+
+    def __init__(self, class_names, scale):
+        self.scale = scale
+        self.count = {c: 0 for c in class_names}
+        self.mean = {c: 0.0 for c in class_names}
+
+    def update(self, shaped, class_names):
+        for c in set(class_names):
+            rows = shaped[[i for i, name in enumerate(class_names) if name == c]]
+            total = self.count[c] + rows.numel()
+            self.mean[c] += (rows.double().mean().item() - self.mean[c]) * rows.numel() / total
+            self.count[c] = total
+
+    def __call__(self, shaped, class_names):
+        means = torch.tensor([self.mean[c] for c in class_names], device=shaped.device)[:, None]
+        return shaped / (means + 1e-7) * self.scale
+
+
+def meta_advantages(rewards, values, args):
+    """SPEC 4's influence-skipping n-step estimator, vectorised over lifetimes and time.
+
+    The network's action at t first changes behaviour at s_t = t + u_t, u_t = U - (t mod U). For each
+    horizon n with u_t < n and t + n < L:
+      A^(n)_t = sum_{j=s_t}^{t+n-1} g^(ep(j)-ep(s_t)) r~_j + g^(ep(t+n)-ep(s_t)) V_(t+n) - V_t,
+    A_t = sum_k decay^k A^(n_k) / sum_k decay^k over the qualifying horizons (n increasing), from
+    --meta-nsteps, else from --meta-nsteps-fallback. Steps where none qualifies (the last block, whose
+    rewards influence no update) get the Monte-Carlo target: A_t = sum_{j>=t} g^(ep(j)-ep(t)) r~_j - V_t,
+    so every A_t is finite and the critic is trained wherever it bootstraps.
+    rewards, values: (N, L). Returns advantages and value targets A_t + V_t, (N, L)."""
+    L, T, U, g = rewards.shape[1], args.max_episode_steps, args.steps_per_update, args.meta_gamma
+    dev = rewards.device
+    r, v = rewards.double(), values.double()
+    t = torch.arange(L, device=dev)
+    s = (t // U + 1) * U  # s_t = t + u_t
+    # C[:, j] = sum_{i<j} g^ep(i) r~_i, so a per-episode-discounted sum over [a, e) is (C_e - C_a) / g^ep(a)
+    disc = g ** torch.arange(L // T + 1, device=dev).double()  # g^ep for ep = 0 .. L/T
+    C = torch.cat([torch.zeros_like(r[:, :1]), torch.cumsum(disc[t // T] * r, 1)], 1)
+
+    def nstep(horizons):
+        n = torch.tensor(horizons, device=dev)[:, None]  # (K, 1)
+        e = t + n  # (K, L)
+        valid = (s - t < n) & (e < L)
+        e = e.clamp(max=L - 1)
+        sc = s.clamp(max=L)
+        ret = (C[:, e] - C[:, sc].unsqueeze(1)) / disc[sc // T] + disc[e // T] / disc[sc // T] * v[:, e]  # (N, K, L)
+        weights = args.meta_nstep_decay ** (valid.cumsum(0) - 1).clamp(min=0).double() * valid
+        return (weights * ret).sum(1) / weights.sum(0).clamp(min=1e-12), valid.any(0)
+
+    primary, has_primary = nstep(args.meta_nsteps)
+    fallback, has_fallback = nstep(args.meta_nsteps_fallback)
+    monte_carlo = (C[:, L:] - C[:, :L]) / disc[t // T]
+    targets = torch.where(has_primary, primary, torch.where(has_fallback, fallback, monte_carlo))
+    advantages = targets - v
+    return advantages.float(), targets.float()
+
+
+def tbptt_chunks(num_steps, tbptt_len, offset):
+    """Chunk bounds [0, d), [d, d + len), ... over num_steps: the first chunk has the random length d."""
+    bounds = [0] + list(range(offset, num_steps, tbptt_len)) + [num_steps]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
+    """PPO on the reward agent with truncated BPTT (SPEC 4). The stored inputs are replayed exactly
+    from a zero state; the hidden state is carried across chunks but detached between them.
+    The policy and entropy terms use the steps before the last inner update (later rewards feed no
+    update); the value loss uses every step, because the estimator bootstraps from all of them."""
+    x, r, old_logprobs = batch["meta_inputs"], batch["meta_actions"], batch["meta_logprobs"]
+    n, L = r.shape
+    policy_steps = L - args.steps_per_update
+    adv = advantages[:, :policy_steps]
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalised over the whole batch
+    stats = dict(policy_loss=[], value_loss=[], entropy=[], old_approx_kl=[], approx_kl=[], clipfrac=[])
+    for epoch in range(args.meta_update_epochs):
+        offset = int(torch.randint(1, args.tbptt_len + 1, ()))
+        state = meta_net.initial_state(n, x.device)
+        kl_sum, kl_count = 0.0, 0
+        for a, b in tbptt_chunks(L, args.tbptt_len, offset):
+            mean, std, newvalue, state = meta_net(x[:, a:b], state)
+            state = tuple(h.detach() for h in state)
+            v_loss = 0.5 * (newvalue - returns[:, a:b]).pow(2).mean()
+            loss = args.meta_vf_coef * v_loss
+            pb = min(b, policy_steps)
+            if pb > a:
+                probs = Normal(mean[:, : pb - a], std[:, : pb - a], validate_args=False)
+                logratio = probs.log_prob(r[:, a:pb]) - old_logprobs[:, a:pb]
+                ratio = logratio.exp()
+                mb_adv = adv[:, a:pb]
+                pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.meta_clip_coef,
+                                                                           1 + args.meta_clip_coef)).mean()
+                entropy = probs.entropy().mean()
+                loss = loss + pg_loss - args.meta_ent_coef * entropy
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    kl_sum += approx_kl.item() * logratio.numel()
+                    kl_count += logratio.numel()
+                    stats["old_approx_kl"].append((-logratio).mean().item())
+                    stats["approx_kl"].append(approx_kl.item())
+                    stats["clipfrac"].append(((ratio - 1.0).abs() > args.meta_clip_coef).float().mean().item())
+                    stats["policy_loss"].append(pg_loss.item())
+                    stats["entropy"].append(entropy.item())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite outer loss in epoch {epoch}, steps [{a}, {b})")
+            stats["value_loss"].append(v_loss.item())
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(meta_net.parameters(), args.meta_max_grad_norm)
+            optimizer.step()
+        if kl_count and kl_sum / kl_count > args.meta_target_kl:
+            break
+    out = {k: float(np.mean(v)) if v else float("nan") for k, v in stats.items()}
+    out["epochs"] = epoch + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation (SPEC 6)
+# ---------------------------------------------------------------------------------------------
+def episode_success(success, episode_len):
+    """(N, steps) per-step success flags -> (N, episodes): 1 where the episode succeeded at some step."""
+    n, steps = success.shape
+    return success.view(n, steps // episode_len, episode_len).amax(-1)
+
+
+def success_columns(args):
+    return [f"success_ep{e + 1:02d}" for e in range(args.lifetime_steps // args.max_episode_steps)] + ["success_det"]
+
+
+def evaluate(envs, tasks, meta_net, args, device, repeats):
+    """SPEC 6: for each task, `repeats` lifetimes of a fresh agent learning from the deterministic
+    signal, then episodes of its deterministic final policy; lifetimes run in lockstep batches of N.
+    Returns one row per lifetime (success per episode index, and the deterministic point: the mean
+    over the deterministic episodes) and the first lifetime's per-step record."""
+    lifetimes = [(i, rep) for i in range(len(tasks)) for rep in range(repeats)]
+    episodes, rows, first = args.lifetime_steps // args.max_episode_steps, [], None
+    for start in range(0, len(lifetimes), args.lifetimes_per_update):
+        chunk = lifetimes[start:start + args.lifetimes_per_update]
+        batch = run_lifetimes(envs, [tasks[i] for i, _ in chunk], meta_net, args, device, Timer(), evaluation=True)
+        for (i, rep), s in zip(chunk, episode_success(batch["success"], args.max_episode_steps).tolist()):
+            row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": args.seed}
+            row.update(zip(success_columns(args), s[:episodes] + [float(np.mean(s[episodes:]))]))
+            rows.append(row)
+        if first is None:
+            first = {k: v[0] for k, v in batch.items()}
+    return rows, first
+
+
+def summarize(rows, columns):
+    """Mean and standard error over lifetimes of each success column: all tasks, then per task."""
+    out = []
+    for task in ["all"] + sorted({r["task"] for r in rows}):
+        values = np.array([[r[c] for c in columns] for r in rows if task == "all" or r["task"] == task], float)
+        stderr = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.full(len(columns), np.nan)
+        out += [{"task": task, "episode": c.removeprefix("success_"), "mean": m, "stderr": e, "lifetimes": len(values)}
+                for c, m, e in zip(columns, values.mean(0), stderr)]
+    return out
+
+
+def print_eval_table(rows, columns, label):
+    values = np.array([[r[c] for c in columns] for r in rows], float)
+    groups = {f"eps {a + 1}-{min(a + 4, len(columns) - 1)}": values[:, a:min(a + 4, len(columns) - 1)].mean(1)
+              for a in range(0, len(columns) - 1, 4)}
+    groups["deterministic"] = values[:, -1]
+    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks "
+          "(mean +- standard error over lifetimes)")
+    print("  " + " | ".join(f"{name} {v.mean():.3f} +- {v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0:.3f}"
+                            for name, v in groups.items()))
+    print("  per episode: " + " ".join(f"{m:.2f}" for m in values.mean(0)[:-1]))
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_trace(path, record, args):
+    """What the network values: per step of one evaluation lifetime, the meta-learned advantage next
+    to the shaped reward and the sparse signal. Returns its correlations with the shaped and sparse ones."""
+    L = args.lifetime_steps
+    signal = record["meta_actions"]
+    columns = {"meta_advantage": signal, "shaped_reward": record["shaped"][:L],
+               "sparse_reward": record["sparse"][:L], "success": record["success"][:L]}
+    write_csv(path, [{"step": t, "episode": t // args.max_episode_steps + 1,
+                      **{k: float(v[t]) for k, v in columns.items()}} for t in range(L)])
+    return tuple(float(np.corrcoef(signal, other)[0, 1]) if signal.std() > 0 and other.std() > 0 else float("nan")
+                 for other in (columns["shaped_reward"], columns["sparse_reward"]))
+
+
+def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
+    """The paper's table row for the learned advantages: evaluate on the held-out split, write the CSVs."""
+    classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
+                      else (benchmark.train_classes, benchmark.train_tasks))
+    tasks = sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
+    rows, first = evaluate(envs, tasks, meta_net, args, device, args.eval_repeats)
+    for row in rows:
+        row["inner_reward"] = "advantage"
+    write_csv(os.path.join(run_dir, "eval.csv"), rows)
+    write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
+    print_eval_table(rows, success_columns(args), f"evaluation (advantage, {args.eval_split} tasks)")
+    c_shaped, c_sparse = write_trace(os.path.join(run_dir, "advantage_trace.csv"), first, args)
+    print(f"  first lifetime: corr(advantage, shaped) = {c_shaped:.3f}, corr(advantage, sparse) = {c_sparse:.3f}")
+    print(f"wrote {os.path.join(run_dir, 'eval.csv')}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+SCRIPT = "metareward_advantage"
+VALIDATION_SEED_OFFSET = 10_000  # the validation goals come from the benchmark built with seed + this
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: reported as one line before any work is done."""
+
+
+def save_checkpoint(path, **state):
+    """Atomic: a crash while writing leaves the previous file intact (temp file, then rename)."""
+    torch.save({"script": SCRIPT, **state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {type(e).__name__}")
+    if not isinstance(ckpt, dict) or not {"script", "args", "meta_net"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not a checkpoint of this project")
+    if ckpt["script"] != SCRIPT:
+        raise CheckpointError(f"{path} was written by {ckpt['script']}.py, not {SCRIPT}.py")
+    return ckpt
+
+
+def meta_net_from(ckpt, path, device="cpu"):
+    meta_net = MetaNet(ckpt["args"]["meta_std_scale"]).to(device)
+    try:
+        meta_net.load_state_dict(ckpt["meta_net"])
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path} does not fit this script's network: {reason}")
+    return meta_net
+
+
+def load_meta_net(path, device="cpu"):
+    """The reward network of a checkpoint (checkpoint.pt or meta_net_best.pt)."""
+    return meta_net_from(load_checkpoint(path), path, device)
+
+
+def rng_states(task_rng):
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "task": task_rng.bit_generator.state,
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+
+
+def set_rng_states(states, task_rng):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    task_rng.bit_generator.state = states["task"]
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+# ---------------------------------------------------------------------------------------------
+# Meta-training (Algorithm 1) and main
+# ---------------------------------------------------------------------------------------------
+def update_metrics(batch, returns, args):
+    """What one outer update logs about its lifetimes (success per episode index, shaped return)."""
+    n, L = batch["shaped"].shape
+    T = args.max_episode_steps
+    row = {f"charts/{c}": float(v) for c, v in zip(success_columns(args), episode_success(batch["success"], T).mean(0))}
+    row["charts/shaped_return"] = float(batch["shaped"].view(n, L // T, T).sum(-1).mean())
+    row["charts/meta_action_mean"] = float(batch["meta_actions"].mean())
+    row["charts/meta_action_std"] = float(batch["meta_actions"].std())
+    var, error = returns.var(), returns - batch["meta_values"]
+    row["losses/explained_variance"] = float("nan") if var == 0 else float(1 - error.var() / var)
+    return row
+
+
+def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
+    """Algorithm 1: outer updates of the reward network, each from N lockstep lifetimes. Logs a CSV
+    row per update, validates every --val-every updates (keeping the best network), checkpoints every
+    --save-every updates and at the end; with ckpt (--resume) it continues exactly where that stopped."""
+    meta_net = MetaNet(args.meta_std_scale).to(device)
+    optimizer = torch.optim.Adam(meta_net.parameters(), lr=args.meta_learning_rate, eps=1e-5)
+    normalizer = ShapedRewardNormalizer(benchmark.train_classes, args.reward_scale)
+    task_rng = np.random.default_rng(args.seed)
+    val_tasks = []
+    if args.val_every:
+        val_benchmark = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)
+        val_tasks = sample_tasks(val_benchmark.train_classes, val_benchmark.train_tasks, args.val_tasks, None)
+    progress, best_val, first_update = os.path.join(run_dir, "progress.csv"), -np.inf, 1
+    if ckpt is None:
+        os.makedirs(run_dir, exist_ok=True)
+        fieldnames = None
+    else:  # resume: restore every piece of state, and drop CSV rows written after the checkpoint
+        meta_net.load_state_dict(ckpt["meta_net"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        normalizer.count, normalizer.mean = dict(ckpt["normalizer"]["count"]), dict(ckpt["normalizer"]["mean"])
+        set_rng_states(ckpt["rng"], task_rng)
+        best_val, first_update = ckpt["best_val"], ckpt["update"] + 1
+        if not os.path.isfile(progress):
+            raise CheckpointError(f"the run folder of {args.resume} has no progress.csv to continue")
+        with open(progress, newline="") as f:
+            reader = csv.DictReader(f)
+            fieldnames, kept = reader.fieldnames, [r for r in reader if int(r["update"]) <= ckpt["update"]]
+        with open(progress + ".tmp", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(progress + ".tmp", progress)
+
+    steps_per_outer = args.lifetimes_per_update * args.lifetime_steps
+    start_time = time.time()
+    episodes = args.lifetime_steps // args.max_episode_steps
+    last4 = [f"success_ep{e:02d}" for e in range(max(1, episodes - 3), episodes + 1)]
+    for update in range(first_update, args.num_outer_updates + 1):
+        update_start, timer = time.perf_counter(), Timer()
+        try:
+            # sample N training tasks; N fresh inner agents live one lifetime each, taught by phi
+            tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
+            classes = [task.env_name for task in tasks]
+            batch = run_lifetimes(envs, tasks, meta_net, args, device, timer)
+            # the outer reward r~, the meta-advantages A_t, and the PPO update of phi (SPEC 4)
+            t0 = time.perf_counter()
+            normalizer.update(batch["shaped"], classes)
+            advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["meta_values"], args)
+            t0 = timer.add("estimator", t0)
+            stats = outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args)
+            timer.add("outer_ppo", t0)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"update {update}: {e}; the last good checkpoint is kept in {run_dir}") from None
+        seconds = time.perf_counter() - update_start
+        row = {"update": update, "global_step": update * steps_per_outer, "charts/SPS": steps_per_outer / seconds,
+               "charts/seconds_per_update": seconds}
+        row.update(update_metrics(batch, returns, args))
+        row.update({f"losses/{k}": v for k, v in stats.items()})
+        row.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        row.update({"val/success_last4": "", "val/success_det": ""})
+        if args.val_every and update % args.val_every == 0:  # held-out validation lifetimes, deterministic phi
+            val_rows, _ = evaluate(envs, val_tasks, meta_net, args, device, repeats=1)
+            row["val/success_last4"] = float(np.mean([[r[c] for c in last4] for r in val_rows]))
+            row["val/success_det"] = float(np.mean([r["success_det"] for r in val_rows]))
+            score = (row["val/success_last4"] + row["val/success_det"]) / 2
+            if score > best_val:
+                best_val = score
+                save_checkpoint(os.path.join(run_dir, "meta_net_best.pt"), args=asdict(args), update=update,
+                                meta_net=meta_net.state_dict(), val_score=score)
+        with open(progress, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames or list(row))
+            if fieldnames is None:
+                writer.writeheader()
+                fieldnames = list(row)
+            writer.writerow(row)
+        if update % args.save_every == 0 or update == args.num_outer_updates:
+            save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=asdict(args), update=update,
+                            meta_net=meta_net.state_dict(), optimizer=optimizer.state_dict(),
+                            normalizer={"count": normalizer.count, "mean": normalizer.mean},
+                            rng=rng_states(task_rng), best_val=best_val)
+        eta = (time.time() - start_time) / (update - first_update + 1) * (args.num_outer_updates - update)
+        val = "" if row["val/success_det"] == "" else \
+            f" | val last4 {row['val/success_last4']:.2f} det {row['val/success_det']:.2f}"
+        print(f"update {update}/{args.num_outer_updates} | SPS {row['charts/SPS']:.0f} | success last 4 eps "
+              f"{np.mean([row[f'charts/{c}'] for c in last4]):.2f} | shaped return {row['charts/shaped_return']:.1f} | "
+              f"kl {stats['approx_kl']:.4f}{val} | ETA {eta / 3600:.1f} h", flush=True)
+    return meta_net
+
+
+def main(args):
+    ckpt = None
+    if args.resume:  # the checkpoint's settings; only these three may change
+        ckpt = load_checkpoint(args.resume)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
+        try:
+            saved = Args(**ckpt["args"])
+        except TypeError as e:
+            raise CheckpointError(f"{args.resume} has settings this script does not know: {e}")
+        args = replace(saved, resume=args.resume, num_workers=args.num_workers, cuda=args.cuda,
+                       num_outer_updates=args.num_outer_updates or saved.num_outer_updates)
+    elif args.eval_checkpoint:
+        ckpt = load_checkpoint(args.eval_checkpoint)
+    check_args(args)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    benchmark = make_benchmark(args)
+    sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, None)  # enough tasks?
+    mode = "eval" if args.eval_checkpoint else "meta"
+    task_name = args.env_name if args.benchmark == "ML1" else "ML10"
+    run_dir = (os.path.dirname(args.resume) if args.resume else
+               os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
+    meta_net = meta_net_from(ckpt, args.eval_checkpoint, device) if args.eval_checkpoint else None
+    envs = LockstepEnvs({**benchmark.train_classes, **benchmark.test_classes}, args.max_episode_steps, args.num_workers)
+    print(f"run folder: {run_dir}")
+    try:
+        if not args.eval_checkpoint:
+            meta_net = meta_train(args, run_dir, benchmark, envs, device, ckpt)
+        os.makedirs(run_dir, exist_ok=True)
+        run_evaluation(args, run_dir, benchmark, envs, meta_net, device)
+    finally:
+        envs.close()
+    return run_dir
+
+
+def cli(argv=None):
+    """Parse the command line and run; bad input exits with one line and status 2."""
+    args = tyro.cli(Args, args=argv)
+    try:
+        return main(args)
+    except (ConfigError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
