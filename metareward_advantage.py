@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import metaworld
 import numpy as np
@@ -121,6 +121,8 @@ class Args:
     """evaluate on the first this-many tasks of the split (None = all)"""
     eval_repeats: int = 10
     """lifetimes per evaluation task"""
+    eval_seeds: int = 1
+    """evaluation seeds --seed, --seed + 1, ...: the table is mean +- std over seeds (paper: 3 network, 5 baselines)"""
     eval_deterministic_episodes: int = 4
     """episodes of the deterministic final policy after each evaluation lifetime"""
     val_every: int = 25
@@ -133,6 +135,12 @@ class Args:
     """write the checkpoint every this many outer updates (and at the end)"""
     resume: Optional[str] = None
     """continue the run of this checkpoint (its settings; --num-outer-updates may extend it)"""
+
+    # Results
+    plot: Tuple[str, ...] = ()
+    """run folders (or their eval.csv) to compare instead of running: print the results table, draw --plot-file"""
+    plot_file: str = "results.png"
+    """the figure of --plot: success per episode per method, and the network's trace (needs matplotlib)"""
 
 
 class ConfigError(ValueError):
@@ -147,7 +155,7 @@ def check_args(args):
         raise ConfigError(f"unknown --env-name {args.env_name!r}; valid: {', '.join(metaworld.ML1.ENV_NAMES)}")
     for name in ("max_episode_steps", "lifetime_steps", "steps_per_update", "lifetimes_per_update",
                  "num_outer_updates", "tbptt_len", "num_workers", "update_epochs", "num_minibatches",
-                 "meta_update_epochs", "save_every", "eval_repeats", "val_tasks"):
+                 "meta_update_epochs", "save_every", "eval_repeats", "eval_seeds", "val_tasks"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.lifetime_steps % args.steps_per_update:
@@ -637,7 +645,7 @@ def success_columns(args):
     return [f"success_ep{e + 1:02d}" for e in range(args.lifetime_steps // args.max_episode_steps)] + ["success_det"]
 
 
-def evaluate(envs, tasks, meta_net, args, device, repeats):
+def evaluate(envs, tasks, meta_net, args, device, repeats, seed=None):
     """SPEC 6: for each task, `repeats` lifetimes of a fresh agent learning from the deterministic
     signal, then episodes of its deterministic final policy; lifetimes run in lockstep batches of N.
     Returns one row per lifetime (success per episode index, and the deterministic point: the mean
@@ -648,7 +656,7 @@ def evaluate(envs, tasks, meta_net, args, device, repeats):
         chunk = lifetimes[start:start + args.lifetimes_per_update]
         batch = run_lifetimes(envs, [tasks[i] for i, _ in chunk], meta_net, args, device, Timer(), evaluation=True)
         for (i, rep), s in zip(chunk, episode_success(batch["success"], args.max_episode_steps).tolist()):
-            row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": args.seed}
+            row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": args.seed if seed is None else seed}
             row.update(zip(success_columns(args), s[:episodes] + [float(np.mean(s[episodes:]))]))
             rows.append(row)
         if first is None:
@@ -656,27 +664,56 @@ def evaluate(envs, tasks, meta_net, args, device, repeats):
     return rows, first
 
 
+def seed_means(rows, columns):
+    """(seeds, columns): each evaluation seed's mean over its lifetimes (rows of eval.csv)."""
+    seeds = sorted({str(r["seed"]) for r in rows})
+    return np.array([np.mean([[float(r[c]) for c in columns] for r in rows if str(r["seed"]) == s], 0)
+                     for s in seeds])
+
+
 def summarize(rows, columns):
-    """Mean and standard error over lifetimes of each success column: all tasks, then per task."""
+    """Per success column, over all tasks and then per task: the mean, its standard error over
+    lifetimes, and the std over evaluation seeds of their means (NaN with one seed)."""
     out = []
     for task in ["all"] + sorted({r["task"] for r in rows}):
-        values = np.array([[r[c] for c in columns] for r in rows if task == "all" or r["task"] == task], float)
+        selected = [r for r in rows if task == "all" or r["task"] == task]
+        values, per_seed = np.array([[r[c] for c in columns] for r in selected], float), seed_means(selected, columns)
         stderr = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.full(len(columns), np.nan)
-        out += [{"task": task, "episode": c.removeprefix("success_"), "mean": m, "stderr": e, "lifetimes": len(values)}
-                for c, m, e in zip(columns, values.mean(0), stderr)]
+        seed_std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.full(len(columns), np.nan)
+        out += [{"task": task, "episode": c.removeprefix("success_"), "mean": m, "stderr": e, "lifetimes": len(values),
+                 "seed_std": sd, "seeds": len(per_seed)}
+                for c, m, e, sd in zip(columns, values.mean(0), stderr, seed_std)]
     return out
 
 
+def table_row(rows, columns):
+    """The paper's table columns (episodes 1-4, 5-8, 9-12 and the deterministic point) -> (mean, error):
+    with several seeds the error is the std over seeds of their means, else the standard error over lifetimes."""
+    e = len(columns) - 1
+    spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
+    spans["deterministic"] = slice(e, e + 1)
+    per_seed = seed_means(rows, columns)
+    values = np.array([[float(r[c]) for c in columns] for r in rows])
+    out = {}
+    for name, span in spans.items():
+        if len(per_seed) > 1:
+            out[name] = (per_seed[:, span].mean(), per_seed[:, span].mean(1).std(ddof=1))
+        else:
+            v = values[:, span].mean(1)
+            out[name] = (v.mean(), v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
+    return out
+
+
+def error_name(rows):
+    seeds = len({str(r["seed"]) for r in rows})
+    return f"std over {seeds} seeds" if seeds > 1 else "standard error over lifetimes"
+
+
 def print_eval_table(rows, columns, label):
-    values = np.array([[r[c] for c in columns] for r in rows], float)
-    groups = {f"eps {a + 1}-{min(a + 4, len(columns) - 1)}": values[:, a:min(a + 4, len(columns) - 1)].mean(1)
-              for a in range(0, len(columns) - 1, 4)}
-    groups["deterministic"] = values[:, -1]
     print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks "
-          "(mean +- standard error over lifetimes)")
-    print("  " + " | ".join(f"{name} {v.mean():.3f} +- {v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0:.3f}"
-                            for name, v in groups.items()))
-    print("  per episode: " + " ".join(f"{m:.2f}" for m in values.mean(0)[:-1]))
+          f"(mean +- {error_name(rows)})")
+    print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
+    print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
 
 
 def write_csv(path, rows):
@@ -684,6 +721,9 @@ def write_csv(path, rows):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+TRACE_FILE = "advantage_trace.csv"  # per step of one evaluation lifetime: A^m next to the shaped reward
 
 
 def write_trace(path, record, args):
@@ -700,20 +740,111 @@ def write_trace(path, record, args):
 
 
 def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
-    """The paper's table row for the learned advantages: evaluate on the held-out split, write the CSVs."""
+    """The paper's table row for the learned advantages: evaluate on the held-out split, write the CSVs.
+    Evaluation seed k reseeds torch (fresh agents, their sampling), so its rows depend only on the
+    network and k, not on what ran before; the tasks are the benchmark's (--seed) for every k."""
     classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
                       else (benchmark.train_classes, benchmark.train_tasks))
     tasks = sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
-    rows, first = evaluate(envs, tasks, meta_net, args, device, args.eval_repeats)
+    rows, first = [], None
+    for seed in range(args.seed, args.seed + args.eval_seeds):
+        torch.manual_seed(seed)
+        seed_rows, record = evaluate(envs, tasks, meta_net, args, device, args.eval_repeats, seed)
+        rows, first = rows + seed_rows, first or record
     for row in rows:
         row["inner_reward"] = "advantage"
     write_csv(os.path.join(run_dir, "eval.csv"), rows)
     write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
     print_eval_table(rows, success_columns(args), f"evaluation (advantage, {args.eval_split} tasks)")
-    c_shaped, c_sparse = write_trace(os.path.join(run_dir, "advantage_trace.csv"), first, args)
+    c_shaped, c_sparse = write_trace(os.path.join(run_dir, TRACE_FILE), first, args)
     print(f"  first lifetime: corr(advantage, shaped) = {c_shaped:.3f}, corr(advantage, sparse) = {c_sparse:.3f}")
     print(f"wrote {os.path.join(run_dir, 'eval.csv')}")
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Results: the table and figure of several evaluations (--plot)
+# ---------------------------------------------------------------------------------------------
+def load_results(paths):
+    """The rows of each run folder's eval.csv (or of the eval.csv files given), and the first
+    TRACE_FILE found beside them (None if there is none)."""
+    rows, trace = [], None
+    for path in paths:
+        file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise ConfigError(f"--plot: no eval.csv at {path}")
+        with open(file, newline="") as f:
+            rows += list(csv.DictReader(f))
+        trace_file = os.path.join(os.path.dirname(file), TRACE_FILE)
+        if trace is None and os.path.isfile(trace_file):
+            with open(trace_file, newline="") as f:
+                trace = list(csv.DictReader(f))
+    return rows, trace
+
+
+def results_table(rows):
+    """Markdown: one line per method (eval.csv's inner_reward), mean +- std over its evaluation seeds."""
+    columns = [c for c in rows[0] if c.startswith("success_")]
+    methods = list(dict.fromkeys(r["inner_reward"] for r in rows))
+    lines = []
+    for method in methods:
+        selected = [r for r in rows if r["inner_reward"] == method]
+        cells = table_row(selected, columns)
+        if not lines:
+            lines = ["| method | seeds | lifetimes | " + " | ".join(cells) + " |", "|---" * (len(cells) + 3) + "|"]
+        lines.append(f"| {method} | {len({str(r['seed']) for r in selected})} | {len(selected)} | "
+                     + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
+    return lines
+
+
+def plot_results(rows, trace, path):
+    """Left: success per episode index (and the deterministic point) per method, mean +- std over
+    seeds. Right: the network's signal over the trace's last episode next to the shaped reward."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot draws with matplotlib, which is not installed: pip install matplotlib") from None
+    columns = [c for c in rows[0] if c.startswith("success_")]
+    fig, axes = plt.subplots(1, 2 if trace else 1, figsize=(12 if trace else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    for method in dict.fromkeys(r["inner_reward"] for r in rows):
+        per_seed = seed_means([r for r in rows if r["inner_reward"] == method], columns)
+        std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(len(columns))
+        ax.errorbar(np.arange(1, len(columns) + 1), per_seed.mean(0), yerr=std, capsize=3, marker="o",
+                    label=f"{method} ({len(per_seed)} seeds)")
+    ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
+    ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title="test tasks")
+    ax.legend()
+    if trace:
+        signal = [c for c in trace[0] if c not in ("step", "episode", "shaped_reward", "sparse_reward", "success")][0]
+        last = [r for r in trace if r["episode"] == trace[-1]["episode"]]
+        k = np.arange(len(last))
+        ax = axes[0, 1]
+        ax.plot(k, [float(r[signal]) for r in last], color="tab:blue", label=signal)
+        ax.set(xlabel=f"step of episode {last[0]['episode']}", ylabel=signal, title="one evaluation episode")
+        twin = ax.twinx()
+        twin.plot(k, [float(r["shaped_reward"]) for r in last], color="tab:orange", label="shaped reward")
+        twin.set_ylabel("shaped reward (not seen by the agent)")
+        solved = [i for i, r in enumerate(last) if float(r["success"]) > 0]
+        if solved:
+            ax.axvline(solved[0], color="gray", linestyle=":", label="first success")
+        ax.legend(loc="upper left")
+        twin.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def show_results(args):
+    """--plot: the results table of the given evaluations, and the figure."""
+    rows, trace = load_results(args.plot)
+    if not rows:
+        raise ConfigError("--plot: the eval.csv files hold no rows")
+    print("\n".join(results_table(rows)))
+    plot_results(rows, trace, args.plot_file)
+    print(f"wrote {args.plot_file}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -896,6 +1027,8 @@ def main(args):
     elif args.eval_checkpoint:
         ckpt = load_checkpoint(args.eval_checkpoint)
     check_args(args)
+    if args.plot:
+        return show_results(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -442,6 +442,8 @@ def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
     (["--tbptt-len", "7000"], "--tbptt-len 7000 is larger than"),
     (["--lifetimes-per-update", "51"], "needs 51 distinct tasks per class, but the benchmark has only 50"),
     (["--meta-nsteps", "6000"], "horizon 6000 must lie in"),
+    (["--eval-seeds", "0"], "--eval-seeds must be at least 1, got 0"),
+    (["--plot", "no_such_run"], "--plot: no eval.csv at no_such_run"),
 ])
 @both
 def test_bad_input_exits_with_one_line(m, argv, message, capsys, tmp_path, monkeypatch):
@@ -503,11 +505,44 @@ class FakeTask:
 
 
 def test_summary_statistics():
-    rows = [{"task": t, "success_ep01": v, "success_det": d} for t, v, d in [(0, 1, .5), (0, 0, .25), (1, 1, 1.)]]
+    rows = [{"task": t, "seed": seed, "success_ep01": v, "success_det": d}
+            for t, seed, v, d in [(0, 1, 1, .5), (0, 2, 0, .25), (1, 1, 1., 1.), (1, 2, 0., 0.)]]
     summary = {(s["task"], s["episode"]): s for s in mr.summarize(rows, ["success_ep01", "success_det"])}
-    assert summary["all", "ep01"]["mean"] == pytest.approx(2 / 3)
-    assert summary["all", "ep01"]["stderr"] == pytest.approx(np.std([1, 0, 1], ddof=1) / np.sqrt(3))
-    assert summary[0, "det"]["mean"] == pytest.approx(0.375) and summary[1, "det"]["lifetimes"] == 1
+    assert summary["all", "ep01"]["mean"] == pytest.approx(0.5)
+    assert summary["all", "ep01"]["stderr"] == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / np.sqrt(4))
+    assert summary["all", "det"]["seed_std"] == pytest.approx(np.std([0.75, 0.125], ddof=1))  # seed means
+    assert summary[0, "det"]["mean"] == pytest.approx(0.375) and summary[1, "det"]["lifetimes"] == 2
+    assert summary["all", "ep01"]["seeds"] == 2 and np.isnan(mr.summarize(rows[:1], ["success_det"])[0]["seed_std"])
+
+
+def fake_eval_rows(method, seed_values):
+    """eval.csv-like rows (strings, as read back): seed -> per-lifetime (12 episode successes, det)."""
+    return [{"task": "0", "seed": str(seed), "inner_reward": method,
+             **{f"success_ep{e + 1:02d}": str(float(eps[e])) for e in range(12)}, "success_det": str(det)}
+            for seed, lifetimes in seed_values.items() for eps, det in lifetimes]
+
+
+@both
+def test_results_table_and_figure(m, tmp_path, monkeypatch):
+    ones, zeros = [1] * 12, [0] * 12
+    half = [0] * 8 + [1] * 4  # solves episodes 9-12 only
+    rows = (fake_eval_rows("intrinsic", {1: [(ones, 1.0), (half, 0.5)], 2: [(half, 1.0), (half, 0.0)]})
+            + fake_eval_rows("sparse", {1: [(zeros, 0.0), (half, 0.0)]}))
+    table = m.results_table(rows)
+    assert table[0] == "| method | seeds | lifetimes | eps 1-4 | eps 5-8 | eps 9-12 | deterministic |"
+    # intrinsic: seed means of eps 1-4 are 0.5 and 0, of eps 9-12 both 1, of det 0.75 and 0.5
+    std = np.std([0.5, 0.0], ddof=1)
+    assert table[2] == (f"| intrinsic | 2 | 4 | 0.25 +- {std:.2f} | 0.25 +- {std:.2f} | 1.00 +- 0.00 | "
+                        f"0.62 +- {np.std([0.75, 0.5], ddof=1):.2f} |")
+    # one seed: the error is the standard error over lifetimes
+    assert table[3] == "| sparse | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | 0.50 +- 0.50 | 0.00 +- 0.00 |"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # matplotlib is optional: a clear error without it
+    with pytest.raises(m.ConfigError, match="pip install matplotlib"):
+        m.plot_results(rows, None, str(tmp_path / "r.png"))
+    monkeypatch.undo()
+    pytest.importorskip("matplotlib")
+    m.plot_results(rows, None, str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def check_eval_dir(run_dir, n_rows, mode):
@@ -523,18 +558,30 @@ def check_eval_dir(run_dir, n_rows, mode):
 @both
 def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_dir = m.main(tiny_args(m, seed=3))
+    run_dir = m.main(tiny_args(m, seed=3, eval_seeds=2))
     mode, trace_file, signal = {mr: ("intrinsic", "reward_trace.csv", "intrinsic_reward"),
                                 ma: ("advantage", "advantage_trace.csv", "meta_advantage")}[m]
-    check_eval_dir(run_dir, 2 * 2, mode)
+    rows = check_eval_dir(run_dir, 2 * 2 * 2, mode)
+    assert [r["seed"] for r in rows] == ["3"] * 4 + ["4"] * 4
     trace = read_csv(os.path.join(run_dir, trace_file))
     assert len(trace) == 60
     assert set(trace[0]) == {"step", "episode", signal, "shaped_reward", "sparse_reward", "success"}
     out = capsys.readouterr().out
-    assert f"corr({mode}, shaped)" in out and "deterministic" in out
-    eval_dir = m.main(tiny_args(m, seed=3, eval_checkpoint=os.path.join(run_dir, "meta_net_best.pt"), exp_name="e"))
-    check_eval_dir(eval_dir, 4, mode)
+    assert f"corr({mode}, shaped)" in out and "deterministic" in out and "std over 2 seeds" in out
+    # the evaluation depends only on the network and the seeds: the final network, evaluated on its
+    # own in a fresh set of envs, gives the training run's rows and trace again
+    eval_dir = m.main(tiny_args(m, seed=3, eval_seeds=2, eval_checkpoint=os.path.join(run_dir, "checkpoint.pt"),
+                                exp_name="e"))
+    assert read_csv(os.path.join(eval_dir, "eval.csv")) == rows
+    assert read_csv(os.path.join(eval_dir, trace_file)) == trace
     assert not os.path.exists(os.path.join(eval_dir, "progress.csv"))  # no meta-training
+    best_dir = m.main(tiny_args(m, seed=3, eval_checkpoint=os.path.join(run_dir, "meta_net_best.pt"), exp_name="b"))
+    check_eval_dir(best_dir, 4, mode)
+    # --plot reads the runs back and prints the table (then needs matplotlib for the figure)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(m.ConfigError, match="pip install matplotlib"):
+        m.main(m.Args(plot=(run_dir,), plot_file=str(tmp_path / "r.png")))
+    assert f"| {mode} | 2 | 8 |" in capsys.readouterr().out
 
 
 def test_both_baselines_run_the_same_evaluation(tmp_path, monkeypatch):
