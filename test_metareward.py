@@ -4,6 +4,7 @@ Tests marked with `m` run for both scripts (m = the module); the rest are about 
 import copy
 import csv
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -700,3 +701,29 @@ def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(m, tmp
     assert exc.value.code == 2 and "\n" not in err and "update 2: non-finite outer loss" in err
     run_dir = next((tmp_path / "runs").iterdir())
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["update"] == 1
+
+
+# The shipped network (checkpoints/) -----------------------------------------------------------------
+SHIPPED = os.path.join(HERE, "checkpoints", "door-close-v3_seed1", "meta_net_best.pt")
+
+
+def test_shipped_network_loads_and_rewards_a_real_lifetime(ml1):
+    """The reward network in the repo: the paper's settings, the network's shapes, and finite,
+    bounded, non-constant intrinsic rewards on a short lifetime of a door-close test task."""
+    ckpt = mr.load_checkpoint(SHIPPED)
+    paper = dataclasses.asdict(mr.Args())
+    settings = ("benchmark", "env_name", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
+                "max_episode_steps", "meta_learning_rate", "meta_std_scale", "tbptt_len", "meta_update_epochs")
+    assert {k: ckpt["args"][k] for k in settings} == {k: paper[k] for k in settings}
+    meta_net = mr.load_meta_net(SHIPPED)
+    assert {k: v.shape for k, v in meta_net.state_dict().items()} == \
+        {k: v.shape for k, v in mr.MetaNet().state_dict().items()}
+    args = tiny_args(lifetimes_per_update=2)
+    tasks = mr.sample_tasks(ml1.test_classes, ml1.test_tasks, 2, None)
+    envs = mr.LockstepEnvs(ml1.test_classes, args.max_episode_steps, 1)
+    torch.manual_seed(0)
+    batch = mr.run_lifetimes(envs, tasks, meta_net, args, torch.device("cpu"), mr.Timer(), evaluation=True)
+    envs.close()
+    r = batch["meta_actions"]
+    assert r.shape == (2, args.lifetime_steps) and torch.isfinite(r).all()
+    assert r.abs().max() < math.pi / 2 and r.std() > 0  # the mean head is arctan(.): bounded, and it varies
