@@ -121,8 +121,8 @@ class Args:
     """evaluate on the first this-many tasks of the split (None = all)"""
     eval_repeats: int = 10
     """lifetimes per evaluation task"""
-    eval_seeds: int = 1
-    """evaluation seeds --seed, --seed + 1, ...: the table is mean +- std over seeds (paper: 3 network, 5 baselines)"""
+    eval_seeds: Tuple[int, ...] = ()
+    """evaluation seeds (default: --seed); the table is mean +- std over them (paper: 3 network, 5 baselines)"""
     eval_deterministic_episodes: int = 4
     """episodes of the deterministic final policy after each evaluation lifetime"""
     val_every: int = 25
@@ -155,7 +155,7 @@ def check_args(args):
         raise ConfigError(f"unknown --env-name {args.env_name!r}; valid: {', '.join(metaworld.ML1.ENV_NAMES)}")
     for name in ("max_episode_steps", "lifetime_steps", "steps_per_update", "lifetimes_per_update",
                  "num_outer_updates", "tbptt_len", "num_workers", "update_epochs", "num_minibatches",
-                 "meta_update_epochs", "save_every", "eval_repeats", "eval_seeds", "val_tasks"):
+                 "meta_update_epochs", "save_every", "eval_repeats", "val_tasks"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.lifetime_steps % args.steps_per_update:
@@ -178,6 +178,8 @@ def check_args(args):
             raise ConfigError(f"meta n-step horizon {n} must lie in [1, --lifetime-steps)")
     if args.eval_tasks is not None and args.eval_tasks < 1:
         raise ConfigError(f"--eval-tasks must be at least 1, got {args.eval_tasks}")
+    if len(set(args.eval_seeds)) < len(args.eval_seeds):
+        raise ConfigError(f"--eval-seeds repeats a seed: {' '.join(map(str, args.eval_seeds))}")
     if args.num_workers > args.lifetimes_per_update:
         raise ConfigError(f"--num-workers {args.num_workers} exceeds --lifetimes-per-update "
                           f"{args.lifetimes_per_update}")
@@ -741,20 +743,20 @@ def write_trace(path, record, args):
 
 def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
     """The paper's table row for the learned advantages: evaluate on the held-out split, write the CSVs.
-    Evaluation seed k reseeds torch (fresh agents, their sampling), so its rows depend only on the
-    network and k, not on what ran before; the tasks are the benchmark's (--seed) for every k."""
+    Each evaluation seed reseeds torch (fresh agents, their sampling), so its rows depend only on the
+    network and that seed, not on what ran before; the tasks are the benchmark's (--seed) for every
+    seed. The CSVs are rewritten after each seed: a stopped evaluation keeps its finished seeds."""
     classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
                       else (benchmark.train_classes, benchmark.train_tasks))
     tasks = sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
     rows, first = [], None
-    for seed in range(args.seed, args.seed + args.eval_seeds):
+    for seed in args.eval_seeds or (args.seed,):
         torch.manual_seed(seed)
         seed_rows, record = evaluate(envs, tasks, meta_net, args, device, args.eval_repeats, seed)
-        rows, first = rows + seed_rows, first or record
-    for row in rows:
-        row["inner_reward"] = "advantage"
-    write_csv(os.path.join(run_dir, "eval.csv"), rows)
-    write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
+        rows, first = rows + [{**row, "inner_reward": "advantage"} for row in seed_rows], first or record
+        write_csv(os.path.join(run_dir, "eval.csv"), rows)
+        write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
+        print(f"evaluation seed {seed}: {len(seed_rows)} lifetimes done", flush=True)
     print_eval_table(rows, success_columns(args), f"evaluation (advantage, {args.eval_split} tasks)")
     c_shaped, c_sparse = write_trace(os.path.join(run_dir, TRACE_FILE), first, args)
     print(f"  first lifetime: corr(advantage, shaped) = {c_shaped:.3f}, corr(advantage, sparse) = {c_sparse:.3f}")

@@ -443,7 +443,7 @@ def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
     (["--tbptt-len", "7000"], "--tbptt-len 7000 is larger than"),
     (["--lifetimes-per-update", "51"], "needs 51 distinct tasks per class, but the benchmark has only 50"),
     (["--meta-nsteps", "6000"], "horizon 6000 must lie in"),
-    (["--eval-seeds", "0"], "--eval-seeds must be at least 1, got 0"),
+    (["--eval-seeds", "2", "2"], "--eval-seeds repeats a seed: 2 2"),
     (["--plot", "no_such_run"], "--plot: no eval.csv at no_such_run"),
 ])
 @both
@@ -559,7 +559,7 @@ def check_eval_dir(run_dir, n_rows, mode):
 @both
 def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_dir = m.main(tiny_args(m, seed=3, eval_seeds=2))
+    run_dir = m.main(tiny_args(m, seed=3, eval_seeds=(3, 4)))
     mode, trace_file, signal = {mr: ("intrinsic", "reward_trace.csv", "intrinsic_reward"),
                                 ma: ("advantage", "advantage_trace.csv", "meta_advantage")}[m]
     rows = check_eval_dir(run_dir, 2 * 2 * 2, mode)
@@ -571,7 +571,7 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
     assert f"corr({mode}, shaped)" in out and "deterministic" in out and "std over 2 seeds" in out
     # the evaluation depends only on the network and the seeds: the final network, evaluated on its
     # own in a fresh set of envs, gives the training run's rows and trace again
-    eval_dir = m.main(tiny_args(m, seed=3, eval_seeds=2, eval_checkpoint=os.path.join(run_dir, "checkpoint.pt"),
+    eval_dir = m.main(tiny_args(m, seed=3, eval_seeds=(3, 4), eval_checkpoint=os.path.join(run_dir, "checkpoint.pt"),
                                 exp_name="e"))
     assert read_csv(os.path.join(eval_dir, "eval.csv")) == rows
     assert read_csv(os.path.join(eval_dir, trace_file)) == trace
