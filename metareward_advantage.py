@@ -815,7 +815,7 @@ def plot_results(rows, trace, path):
         per_seed = seed_means([r for r in rows if r["inner_reward"] == method], columns)
         std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(len(columns))
         ax.errorbar(np.arange(1, len(columns) + 1), per_seed.mean(0), yerr=std, capsize=3, marker="o",
-                    label=f"{method} ({len(per_seed)} seeds)")
+                    label=f"{method} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
     ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
     ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title="test tasks")
     ax.legend()
