@@ -773,7 +773,7 @@ def load_results(paths):
     rows, trace = [], None
     for path in paths:
         file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
-        if not os.path.isfile(file):
+        if not (os.path.isfile(file) and file.endswith(".csv")):
             raise ConfigError(f"--plot: no eval.csv at {path}")
         with open(file, newline="") as f:
             rows += list(csv.DictReader(f))
