@@ -704,7 +704,7 @@ def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(m, tmp
 
 
 # The shipped network (checkpoints/) -----------------------------------------------------------------
-SHIPPED = os.path.join(HERE, "checkpoints", "door-close-v3_seed1", "meta_net_best.pt")
+SHIPPED = os.path.join(HERE, "checkpoints", "door-close-v3_seed1_update50.pt")
 
 
 def test_shipped_network_loads_and_rewards_a_real_lifetime(ml1):
