@@ -144,7 +144,7 @@ class Args:
 
     # Results
     plot: Tuple[str, ...] = ()
-    """run folders (or their eval.csv) to compare instead of running: print the results table, draw --plot-file"""
+    """run folders (or their eval.csv) to compare instead of running: print the results and trace tables, draw --plot-file"""
     plot_file: str = "results.png"
     """the figure of --plot: success per episode per method, and the network's trace (needs matplotlib)"""
 
@@ -831,6 +831,29 @@ def results_table(rows):
     return lines
 
 
+def trace_signal(trace):
+    """The name of the trace's column that holds the network's signal."""
+    return [c for c in trace[0] if c not in ("step", "episode", "shaped_reward", "sparse_reward", "success")][0]
+
+
+def trace_table(trace):
+    """Markdown: what the network signals over the traced lifetime, episode by episode, next to the
+    shaped reward the agent never sees: its mean before and from the first success on, and the
+    within-episode correlation of the two."""
+    signal = trace_signal(trace)
+    lines = [f"| episode | solved | mean {signal} | before first success | from first success | "
+             f"mean shaped reward | corr({signal}, shaped) |", "|---" * 7 + "|"]
+    for episode in dict.fromkeys(r["episode"] for r in trace):
+        x, y, solved = (np.array([float(r[c]) for r in trace if r["episode"] == episode])
+                        for c in (signal, "shaped_reward", "success"))
+        first = int(np.argmax(solved > 0)) if (solved > 0).any() else len(x)
+        corr = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else float("nan")
+        cells = [x.mean(), x[:first].mean() if first else None, x[first:].mean() if first < len(x) else None]
+        lines.append(f"| {episode} | {'yes' if first < len(x) else 'no'} | "
+                     + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + f" | {y.mean():.2f} | {corr:.2f} |")
+    return lines
+
+
 def plot_results(rows, trace, path):
     """Left: success per episode index (and the deterministic point) per method, mean +- std over
     seeds. Right: the network's signal over the trace's last episode next to the shaped reward."""
@@ -852,7 +875,7 @@ def plot_results(rows, trace, path):
     ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title="test tasks")
     ax.legend()
     if trace:
-        signal = [c for c in trace[0] if c not in ("step", "episode", "shaped_reward", "sparse_reward", "success")][0]
+        signal = trace_signal(trace)
         last = [r for r in trace if r["episode"] == trace[-1]["episode"]]
         k = np.arange(len(last))
         ax = axes[0, 1]
@@ -872,11 +895,13 @@ def plot_results(rows, trace, path):
 
 
 def show_results(args):
-    """--plot: the results table of the given evaluations, and the figure."""
+    """--plot: the results table of the given evaluations, the trace table, and the figure."""
     rows, trace = load_results(args.plot)
     if not rows:
         raise ConfigError("--plot: the eval.csv files hold no rows")
     print("\n".join(results_table(rows)))
+    if trace:
+        print("\n" + "\n".join(trace_table(trace)))
     plot_results(rows, trace, args.plot_file)
     print(f"wrote {args.plot_file}")
 

@@ -546,6 +546,22 @@ def test_results_table_and_figure(m, tmp_path, monkeypatch):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@both
+def test_trace_table(m):
+    """--plot's table of what the network signals: per episode, value by value against a direct computation."""
+    signal = {mr: "intrinsic_reward", ma: "meta_advantage"}[m]
+    x = [0.1, 0.2, 0.3, 0.4, -1.0, 1.0, 2.0, 4.0]  # two episodes of 4 steps
+    y = [0.0, 1.0, 2.0, 3.0, 0.5, 0.5, 9.0, 9.0]
+    solved = [0, 0, 0, 0, 0, 0, 1, 1]  # episode 2 is solved from its third step on
+    trace = [{"step": str(t), "episode": str(t // 4 + 1), signal: str(x[t]), "shaped_reward": str(y[t]),
+              "sparse_reward": "0.0", "success": str(float(solved[t]))} for t in range(8)]
+    table = m.trace_table(trace)
+    assert table[0].startswith(f"| episode | solved | mean {signal} | before first success |")
+    assert table[2] == "| 1 | no | 0.2500 | 0.2500 | - | 1.50 | 1.00 |"
+    assert table[3] == f"| 2 | yes | 1.5000 | 0.0000 | 3.0000 | 4.75 | {np.corrcoef(x[4:], y[4:])[0, 1]:.2f} |"
+    assert len(table) == 4
+
+
 def check_eval_dir(run_dir, n_rows, mode):
     rows = read_csv(os.path.join(run_dir, "eval.csv"))
     assert len(rows) == n_rows and {r["inner_reward"] for r in rows} == {mode}
@@ -582,7 +598,8 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(m.ConfigError, match="pip install matplotlib"):
         m.main(m.Args(plot=(run_dir,), plot_file=str(tmp_path / "r.png")))
-    assert f"| {mode} | 2 | 8 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"| {mode} | 2 | 8 |" in out and f"| episode | solved | mean {signal} |" in out  # results, trace tables
 
 
 def test_both_baselines_run_the_same_evaluation(tmp_path, monkeypatch):
