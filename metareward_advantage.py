@@ -13,6 +13,7 @@ parameters are stacked on a leading agent dimension.
     python metareward_advantage.py            # the paper's ML1 door-close experiment, advantage variant
     python metareward_advantage.py --help     # every hyperparameter, with the paper's default
 """
+import copy
 import csv
 import math
 import multiprocessing as mp
@@ -32,8 +33,8 @@ from torch.distributions.normal import Normal
 
 OBS_DIM, ACT_DIM = 39, 4
 META_INPUT_DIM = OBS_DIM + ACT_DIM + 4  # [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, A^m_(t-1)]
-# Per-step inference runs on 1 thread (tiny ops; more threads fight the env workers for the cores);
-# the inner and outer PPO updates, during which the env workers idle, use all of them.
+# Lifetimes run on one torch thread per process (tiny ops, and one result whatever the thread count);
+# the outer PPO, during which the lifetime workers idle, uses all of them.
 UPDATE_THREADS = torch.get_num_threads()
 
 
@@ -215,7 +216,7 @@ def make_env(env_cls, task, max_episode_steps):
 
 
 class EnvGroup:
-    """Some of the N environments of a meta-batch, stepped one after another."""
+    """The environments of some lifetimes, stepped one after another."""
 
     def __init__(self, classes, max_episode_steps):
         self.classes, self.max_episode_steps, self.envs = classes, max_episode_steps, []
@@ -246,56 +247,6 @@ class EnvGroup:
         return np.stack(obs).astype(np.float32), np.array(rewards, np.float32), np.array(successes) > 0
 
 
-def env_worker(remote, classes, max_episode_steps):
-    group = EnvGroup(classes, max_episode_steps)
-    while True:
-        cmd, data = remote.recv()
-        if cmd == "close":
-            break
-        remote.send(getattr(group, cmd)(data))
-
-
-class LockstepEnvs:
-    """Environments stepped in lockstep, split over `num_workers` processes (1 = in-process)."""
-
-    def __init__(self, classes, max_episode_steps, num_workers):
-        self.num_workers = num_workers
-        if num_workers == 1:
-            self.group = EnvGroup(classes, max_episode_steps)
-            return
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        self.remotes, self.procs = [], []
-        for _ in range(num_workers):
-            remote, child = ctx.Pipe()
-            proc = ctx.Process(target=env_worker, args=(child, classes, max_episode_steps), daemon=True)
-            proc.start()
-            child.close()
-            self.remotes.append(remote)
-            self.procs.append(proc)
-
-    def _call(self, cmd, items):
-        if self.num_workers == 1:
-            return getattr(self.group, cmd)(items)
-        busy = [(remote, idx) for remote, idx in zip(self.remotes, self.splits) if len(idx)]
-        for remote, idx in busy:
-            remote.send((cmd, [items[i] for i in idx] if isinstance(items, list) else items[idx]))
-        results = [remote.recv() for remote, _ in busy]
-        return [np.concatenate(parts) for parts in zip(*results)] if cmd == "step" else np.concatenate(results)
-
-    def set_tasks(self, tasks):
-        """One task per env (their number may change between calls); returns the first observations."""
-        self.splits = np.array_split(np.arange(len(tasks)), self.num_workers)
-        return self._call("set_tasks", tasks)
-
-    def step(self, actions):
-        return self._call("step", actions)
-
-    def close(self):
-        for remote, proc in zip(getattr(self, "remotes", []), getattr(self, "procs", [])):
-            remote.send(("close", None))
-            proc.join()
-
-
 def sparse_reward(success, k, solved, episode_len):
     """SPEC 1: r^e_t = 1 - 0.7 k/T at the first success of an episode (k = 0-based step index),
     -0.2 at its last step if it never succeeded, 0 otherwise. Returns (r^e_t, solved so far)."""
@@ -319,9 +270,10 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class StackedMLP(nn.Module):
-    """N independent tanh MLPs, one per agent: weights (N, in, out), one batched matmul per layer."""
+    """N independent tanh MLPs, one per agent: weights (N, in, out), one batched matmul per layer
+    (a matmul per agent of the same shape whatever N is, so an agent's numbers do not depend on N)."""
 
-    def __init__(self, n, sizes, out_gain):
+    def __init__(self, n, sizes, out_gain, generators=None):
         super().__init__()
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -329,31 +281,34 @@ class StackedMLP(nn.Module):
             gain = out_gain if i == len(sizes) - 2 else np.sqrt(2)
             w = torch.empty(n, fan_out, fan_in)
             for agent in range(n):  # orthogonal init of each agent's (out, in) matrix, as nn.Linear
-                torch.nn.init.orthogonal_(w[agent], gain)
+                torch.nn.init.orthogonal_(w[agent], gain, generator=generators[agent] if generators else None)
             self.weights.append(nn.Parameter(w.transpose(1, 2).contiguous()))
             self.biases.append(nn.Parameter(torch.zeros(n, 1, fan_out)))
 
     def forward(self, x):  # x: (N, B, in) -> (N, B, out)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w)
+            # a one-output layer as a sum of products: bmm rounds its 1-agent, 1-output case differently
+            x = b + (x * w.transpose(1, 2)).sum(-1, keepdim=True) if w.shape[-1] == 1 else torch.baddbmm(b, x, w)
             if i < len(self.weights) - 1:
                 x = torch.tanh(x)
         return x
 
 
 class InnerAgents(nn.Module):
-    """N fresh actor-only PPO agents (SPEC 2, 5): 39 -> 64 -> 64 -> 4, state-independent log-std."""
+    """N fresh actor-only PPO agents (SPEC 2, 5): 39 -> 64 -> 64 -> 4, state-independent log-std.
+    generators: each agent's own random stream for its initialisation (None: torch's global one)."""
 
-    def __init__(self, n):
+    def __init__(self, n, generators=None):
         super().__init__()
-        self.actor_mean = StackedMLP(n, [OBS_DIM, 64, 64, ACT_DIM], out_gain=0.01)
+        self.actor_mean = StackedMLP(n, [OBS_DIM, 64, 64, ACT_DIM], out_gain=0.01, generators=generators)
         self.actor_logstd = nn.Parameter(torch.zeros(n, 1, ACT_DIM))  # log(1.0)
 
-    def get_action(self, obs, action=None):
+    def get_action(self, obs, action=None, noise=None):
+        """obs (N, B, 39). Without `action`, a ~ pi(.|s) is drawn as mean + std * noise (N, B, 4)."""
         mean = self.actor_mean(obs)
         probs = Normal(mean, self.actor_logstd.exp().expand_as(mean), validate_args=False)
         if action is None:
-            action = probs.sample()
+            action = mean + probs.stddev * noise
         return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1)
 
 
@@ -394,13 +349,67 @@ class MetaNet(nn.Module):
         std = self.std_scale * torch.exp(self.logstd_head(h)).squeeze(-1)
         return mean, std, self.critic(h).squeeze(-1), state
 
+    def step(self, x, state):
+        """forward() for one step of N lifetimes, x: (N, 47). Each lifetime's row goes through its own
+        small matmul (a batched matmul's rounding depends on how many rows it has), so a lifetime's
+        numbers do not depend on which lifetimes run beside it. The values equal forward()'s up to rounding."""
+        def linear(v, weight, bias):  # v @ weight.T + bias, one (1, in) @ (in, out) per row
+            return torch.baddbmm(bias, v[:, None], weight.t().expand(len(v), -1, -1))[:, 0]
+
+        def mlp(layers, v):
+            for layer in layers:
+                v = linear(v, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(v)
+            return v
+
+        scalars = x[:, -4:]
+        h = torch.cat([torch.relu(linear(x, self.fc1.weight, self.fc1.bias)), scalars], -1)
+        h = torch.cat([torch.relu(linear(h, self.fc2.weight, self.fc2.bias)), scalars], -1)
+        h0, c0 = state[0][0], state[1][0]  # one LSTM cell step, gates in PyTorch's order i, f, g, o
+        gates = (linear(h, self.lstm.weight_ih_l0, self.lstm.bias_ih_l0)
+                 + linear(h0, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0))
+        i, f, g, o = gates.chunk(4, 1)
+        sigmoid = lambda v: 1 / (1 + torch.exp(-v))  # torch.sigmoid's rounding depends on the batch size
+        c = sigmoid(f) * c0 + sigmoid(i) * torch.tanh(g)
+        h = sigmoid(o) * torch.tanh(c)
+        mean = torch.atan(mlp(self.mean_head, h)).squeeze(-1)
+        std = self.std_scale * torch.exp(mlp(self.logstd_head, h)).squeeze(-1)
+        return mean, std, mlp(self.critic, h).squeeze(-1), (h[None], c[None])
+
+
+
+    def step(self, x, state):
+        """forward() for one step of N lifetimes, x: (N, 47). Each lifetime's row goes through its own
+        small matmul (a batched matmul's rounding depends on how many rows it has), so a lifetime's
+        numbers do not depend on which lifetimes run beside it. The values equal forward()'s up to rounding."""
+        def linear(v, weight, bias):  # v @ weight.T + bias, one (1, in) @ (in, out) per row
+            return torch.baddbmm(bias, v[:, None], weight.t().expand(len(v), -1, -1))[:, 0]
+
+        def mlp(layers, v):
+            for layer in layers:
+                v = linear(v, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(v)
+            return v
+
+        scalars = x[:, -4:]
+        h = torch.cat([torch.relu(linear(x, self.fc1.weight, self.fc1.bias)), scalars], -1)
+        h = torch.cat([torch.relu(linear(h, self.fc2.weight, self.fc2.bias)), scalars], -1)
+        h0, c0 = state[0][0], state[1][0]  # one LSTM cell step, gates in PyTorch's order i, f, g, o
+        gates = (linear(h, self.lstm.weight_ih_l0, self.lstm.bias_ih_l0)
+                 + linear(h0, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0))
+        i, f, g, o = gates.chunk(4, 1)
+        sigmoid = lambda v: 1 / (1 + torch.exp(-v))  # torch.sigmoid's rounding depends on the batch size
+        c = sigmoid(f) * c0 + sigmoid(i) * torch.tanh(g)
+        h = sigmoid(o) * torch.tanh(c)
+        mean = torch.atan(mlp(self.mean_head, h)).squeeze(-1)
+        std = self.std_scale * torch.exp(mlp(self.logstd_head, h)).squeeze(-1)
+        return mean, std, mlp(self.critic, h).squeeze(-1), (h[None], c[None])
+
 
 # ---------------------------------------------------------------------------------------------
 # Inner loop: N independent actor-only PPO learners at once (SPEC 2, 5)
 # ---------------------------------------------------------------------------------------------
 def clip_grad_norm_per_agent_(params, max_norm):
     """torch.nn.utils.clip_grad_norm_ for each agent's slice (the leading dim) separately."""
-    norms = torch.stack([p.grad.pow(2).flatten(1).sum(1) for p in params]).sum(0).sqrt()
+    norms = sum(p.grad.pow(2).flatten(1).sum(1) for p in params).sqrt()  # (N,), summed in the same order for any N
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for p in params:
         p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
@@ -449,69 +458,140 @@ class Timer:
         return time.perf_counter()
 
 
-def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
+TRAIN, VALIDATION, EVALUATION = 0, 1, 2  # the first number of a lifetime's key
+
+
+def lifetime_generator(key):
+    """A lifetime's own random stream, from its key: (TRAIN, seed, outer update, lifetime index),
+    (VALIDATION, seed, task, 0) or (EVALUATION, evaluation seed, task, repeat). Every random number of
+    the lifetime (its agent's initialisation, the action and A^m noise, the minibatch shuffles) comes
+    from it, so a lifetime is the same whichever worker runs it and whatever runs beside it."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
+def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False):
     """The inner loop of Alg. 1: N fresh inner agents each live one lifetime on their task and learn
     from the advantages A^m of the advantage network only (sampled in training, their mean in
     evaluation). In evaluation, `--eval-deterministic-episodes` episodes of the final policy's mean
     action follow.
+    Runs on the CPU; keys: one per lifetime (lifetime_generator).
 
     Returns the per-step record (N, steps, ...) of everything the outer update and the logs need."""
     n, L, T, U = len(tasks), args.lifetime_steps, args.max_episode_steps, args.steps_per_update
     steps = L + (args.eval_deterministic_episodes * T if evaluation else 0)
-    agents = InnerAgents(n).to(device)  # theta re-initialised for every lifetime
+    generators = [lifetime_generator(key) for key in keys]
+    agents = InnerAgents(n, generators)  # theta re-initialised for every lifetime
     optimizer = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
-    z = lambda *shape: torch.zeros((n, steps) + shape, device=device)
+    # each lifetime's noise for every step: its actions' (4) and its A^m's (1)
+    noise = torch.stack([torch.randn(steps, ACT_DIM + 1, generator=g) for g in generators])
+    z = lambda *shape: torch.zeros((n, steps) + shape)
     obs, actions, logprobs = z(OBS_DIM), z(ACT_DIM), z()
     meta_inputs, meta_actions, meta_logprobs, meta_values = z(META_INPUT_DIM), z(), z(), z()
     sparse, shaped, success = z(), z(), z()
 
-    torch.set_num_threads(1)
     t0 = time.perf_counter()
-    next_obs = torch.as_tensor(envs.set_tasks(tasks), device=device)
-    state = meta_net.initial_state(n, device)
-    prev_a, solved = torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device)
+    next_obs = torch.as_tensor(envs.set_tasks(tasks))
+    state = meta_net.initial_state(n)
+    prev_a, solved = torch.zeros(n), torch.zeros(n, dtype=torch.bool)
     t0 = timer.add("env", t0)
     for t in range(steps):
         k = t % T  # step index within the episode
         obs[:, t] = next_obs
         with torch.no_grad():
-            if t < L:
-                action, logprob, _ = agents.get_action(next_obs[:, None])
+            if t < L:  # a_t ~ pi_theta(.|s_t), from the lifetime's noise
+                action, logprob, _ = agents.get_action(next_obs[:, None], noise=noise[:, t, None, :ACT_DIM])
                 actions[:, t], logprobs[:, t] = action[:, 0], logprob[:, 0]
             else:  # evaluation: the final policy made deterministic (its mean action)
                 action = agents.actor_mean(next_obs[:, None])
         t0 = timer.add("inference", t0)
-        o, r, s = envs.step(action[:, 0].clamp(-1, 1).cpu().numpy())  # stored unclipped, clipped for the env
+        o, r, s = envs.step(action[:, 0].clamp(-1, 1).numpy())  # stored unclipped, clipped for the env
         t0 = timer.add("env", t0)
-        next_obs, shaped[:, t] = torch.as_tensor(o, device=device), torch.as_tensor(r, device=device)
-        success[:, t] = torch.as_tensor(s, device=device)
+        next_obs, shaped[:, t], success[:, t] = torch.as_tensor(o), torch.as_tensor(r), torch.as_tensor(s)
         sparse[:, t], solved = sparse_reward(success[:, t] > 0, k, solved, T)
         if t < L:
             # advantage-network input x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, A^m_(t-1)] (SPEC 3, 5)
             x = torch.cat([obs[:, t], actions[:, t], logprobs[:, t, None].exp(), 3.0 * sparse[:, t, None],
-                           torch.full((n, 1), 2.0 if k == 0 else 0.0, device=device), prev_a[:, None]], 1)
+                           torch.full((n, 1), 2.0 if k == 0 else 0.0), prev_a[:, None]], 1)
             meta_inputs[:, t] = x
             with torch.no_grad():
-                mean, std, meta_value, state = meta_net(x[:, None], state)
-                probs = Normal(mean[:, 0], std[:, 0], validate_args=False)
+                mean, std, meta_values[:, t], state = meta_net.step(x, state)
                 # A^m_t ~ N(mean, std) in training (its mean in evaluation): what the inner PPO gets and
                 # what is fed back
-                prev_a = probs.mean if evaluation else probs.sample()
-            meta_actions[:, t], meta_logprobs[:, t] = prev_a, probs.log_prob(prev_a)
-            meta_values[:, t] = meta_value[:, 0]
+                prev_a = mean if evaluation else mean + std * noise[:, t, ACT_DIM]
+                meta_actions[:, t] = prev_a
+                meta_logprobs[:, t] = Normal(mean, std, validate_args=False).log_prob(prev_a)
             t0 = timer.add("inference", t0)
 
         if (t + 1) % U == 0 and t + 1 < L:  # the inner PPO update after each block of U steps
             blk = slice(t + 1 - U, t + 1)
-            perms = torch.rand(args.update_epochs, n, U, device=device).argsort(-1)
-            torch.set_num_threads(UPDATE_THREADS)
+            perms = torch.stack([torch.rand(args.update_epochs, U, generator=g).argsort(-1) for g in generators], 1)
             inner_ppo_update(agents, optimizer, obs[:, blk], actions[:, blk], logprobs[:, blk],
                              meta_actions[:, blk], perms, args)
-            torch.set_num_threads(1)
             t0 = timer.add("inner_ppo", t0)
-    torch.set_num_threads(UPDATE_THREADS)
     return dict(meta_inputs=meta_inputs[:, :L], meta_actions=meta_actions[:, :L], meta_logprobs=meta_logprobs[:, :L],
                 meta_values=meta_values[:, :L], sparse=sparse, shaped=shaped, success=success)
+
+
+def lifetime_worker(remote, classes, max_episode_steps):
+    """A worker process: lives whole lifetimes, on the CPU with one torch thread. One message in per
+    batch (phi, tasks, keys, settings) and one out (the record of those lifetimes, the time split)."""
+    torch.set_num_threads(1)
+    envs = EnvGroup(classes, max_episode_steps)
+    while (job := remote.recv()) is not None:
+        phi, tasks, keys, args, evaluation = job
+        try:
+            meta_net = None
+            if phi is not None:
+                meta_net = MetaNet(args.meta_std_scale)
+                meta_net.load_state_dict(phi)
+            timer = Timer()
+            remote.send((run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation), timer.seconds))
+        except Exception as e:  # re-raised in the main process
+            remote.send(e)
+
+
+class Lifetimes:
+    """Lives N lifetimes (run_lifetimes): in this process (--num-workers 1), or shared out over
+    worker processes that each live their share whole; the records are concatenated in order."""
+
+    def __init__(self, classes, args):
+        self.num_workers, self.remotes, self.procs = args.num_workers, [], []
+        if self.num_workers == 1:
+            self.envs = EnvGroup(classes, args.max_episode_steps)
+            return
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        for _ in range(self.num_workers):
+            remote, child = ctx.Pipe()
+            proc = ctx.Process(target=lifetime_worker, args=(child, classes, args.max_episode_steps), daemon=True)
+            proc.start()
+            child.close()
+            self.remotes.append(remote)
+            self.procs.append(proc)
+
+    def run(self, tasks, keys, meta_net, args, evaluation=False):
+        """Returns the record (N, steps, ...) on the CPU and each worker's time split."""
+        if self.num_workers == 1:
+            net = None if meta_net is None else copy.deepcopy(meta_net).cpu()
+            timer = Timer()
+            torch.set_num_threads(1)
+            try:
+                return run_lifetimes(self.envs, tasks, keys, net, args, timer, evaluation), [timer.seconds]
+            finally:
+                torch.set_num_threads(UPDATE_THREADS)
+        phi = None if meta_net is None else {k: v.cpu() for k, v in meta_net.state_dict().items()}
+        shares = [s for s in np.array_split(np.arange(len(tasks)), self.num_workers) if len(s)]
+        for remote, share in zip(self.remotes, shares):
+            remote.send((phi, [tasks[i] for i in share], [keys[i] for i in share], args, evaluation))
+        results = [remote.recv() for remote in self.remotes[:len(shares)]]
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return {k: torch.cat([rec[k] for rec, _ in results]) for k in results[0][0]}, [sec for _, sec in results]
+
+    def close(self):
+        for remote, proc in zip(self.remotes, self.procs):
+            remote.send(None)
+            proc.join()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -647,18 +727,20 @@ def success_columns(args):
     return [f"success_ep{e + 1:02d}" for e in range(args.lifetime_steps // args.max_episode_steps)] + ["success_det"]
 
 
-def evaluate(envs, tasks, meta_net, args, device, repeats, seed=None):
+def evaluate(lifetimes, tasks, meta_net, args, repeats, seed, kind=EVALUATION):
     """SPEC 6: for each task, `repeats` lifetimes of a fresh agent learning from the deterministic
-    signal, then episodes of its deterministic final policy; lifetimes run in lockstep batches of N.
-    Returns one row per lifetime (success per episode index, and the deterministic point: the mean
-    over the deterministic episodes) and the first lifetime's per-step record."""
-    lifetimes = [(i, rep) for i in range(len(tasks)) for rep in range(repeats)]
+    signal, then episodes of its deterministic final policy; lifetimes run in batches of at most N,
+    lifetime (task i, repeat j) with the key (kind, seed, i, j). Returns one row per lifetime (success
+    per episode index, and the deterministic point: the mean over the deterministic episodes) and
+    the first lifetime's per-step record."""
+    lifetimes_ = [(i, rep) for i in range(len(tasks)) for rep in range(repeats)]
     episodes, rows, first = args.lifetime_steps // args.max_episode_steps, [], None
-    for start in range(0, len(lifetimes), args.lifetimes_per_update):
-        chunk = lifetimes[start:start + args.lifetimes_per_update]
-        batch = run_lifetimes(envs, [tasks[i] for i, _ in chunk], meta_net, args, device, Timer(), evaluation=True)
+    for chunk in np.array_split(np.arange(len(lifetimes_)), math.ceil(len(lifetimes_) / args.lifetimes_per_update)):
+        chunk = [lifetimes_[c] for c in chunk]
+        batch, _ = lifetimes.run([tasks[i] for i, _ in chunk], [(kind, seed, i, rep) for i, rep in chunk],
+                                 meta_net, args, evaluation=True)
         for (i, rep), s in zip(chunk, episode_success(batch["success"], args.max_episode_steps).tolist()):
-            row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": args.seed if seed is None else seed}
+            row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": seed}
             row.update(zip(success_columns(args), s[:episodes] + [float(np.mean(s[episodes:]))]))
             rows.append(row)
         if first is None:
@@ -718,11 +800,18 @@ def print_eval_table(rows, columns, label):
     print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
 
 
-def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path, rows, fieldnames=None):
+    """Atomic (temp file, then rename); a row without a column leaves its cell empty."""
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames or list(rows[0]), restval="")
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(path + ".tmp", path)
 
 
 TRACE_FILE = "advantage_trace.csv"  # per step of one evaluation lifetime: A^m next to the shaped reward
@@ -741,18 +830,17 @@ def write_trace(path, record, args):
                  for other in (columns["shaped_reward"], columns["sparse_reward"]))
 
 
-def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
+def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net):
     """The paper's table row for the learned advantages: evaluate on the held-out split, write the CSVs.
-    Each evaluation seed reseeds torch (fresh agents, their sampling), so its rows depend only on the
-    network and that seed, not on what ran before; the tasks are the benchmark's (--seed) for every
+    Each lifetime's randomness comes from (evaluation seed, task, repeat), so the rows depend only on
+    the network and the seed, not on what ran before; the tasks are the benchmark's (--seed) for every
     seed. The CSVs are rewritten after each seed: a stopped evaluation keeps its finished seeds."""
     classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
                       else (benchmark.train_classes, benchmark.train_tasks))
     tasks = sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
     rows, first = [], None
     for seed in args.eval_seeds or (args.seed,):
-        torch.manual_seed(seed)
-        seed_rows, record = evaluate(envs, tasks, meta_net, args, device, args.eval_repeats, seed)
+        seed_rows, record = evaluate(lifetimes, tasks, meta_net, args, args.eval_repeats, seed)
         rows, first = rows + [{**row, "inner_reward": "advantage"} for row in seed_rows], first or record
         write_csv(os.path.join(run_dir, "eval.csv"), rows)
         write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
@@ -950,8 +1038,8 @@ def update_metrics(batch, returns, args):
     return row
 
 
-def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
-    """Algorithm 1: outer updates of the reward network, each from N lockstep lifetimes. Logs a CSV
+def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
+    """Algorithm 1: outer updates of the reward network, each from N lifetimes. Logs a CSV
     row per update, validates every --val-every updates (keeping the best network), checkpoints every
     --save-every updates and at the end; with ckpt (--resume) it continues exactly where that stopped."""
     meta_net = MetaNet(args.meta_std_scale).to(device)
@@ -975,13 +1063,8 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
         if not os.path.isfile(progress):
             raise CheckpointError(f"the run folder of {args.resume} has no progress.csv to continue")
         with open(progress, newline="") as f:
-            reader = csv.DictReader(f)
-            fieldnames, kept = reader.fieldnames, [r for r in reader if int(r["update"]) <= ckpt["update"]]
-        with open(progress + ".tmp", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(progress + ".tmp", progress)
+            fieldnames = csv.DictReader(f).fieldnames
+        write_csv(progress, [r for r in read_csv(progress) if int(r["update"]) <= ckpt["update"]], fieldnames)
 
     steps_per_outer = args.lifetimes_per_update * args.lifetime_steps
     start_time = time.time()
@@ -993,9 +1076,14 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
             # sample N training tasks; N fresh inner agents live one lifetime each, taught by phi
             tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
             classes = [task.env_name for task in tasks]
-            batch = run_lifetimes(envs, tasks, meta_net, args, device, timer)
-            # the outer reward r~, the meta-advantages A_t, and the PPO update of phi (SPEC 4)
             t0 = time.perf_counter()
+            batch, workers = lifetimes.run(tasks, [(TRAIN, args.seed, update, i) for i in range(len(tasks))],
+                                           meta_net, args)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            t0 = timer.add("lifetimes", t0)  # the main process waits for the lifetimes
+            for part in ("env", "inference", "inner_ppo"):  # their time split, the mean over workers
+                timer.seconds[part] = float(np.mean([w.get(part, 0.0) for w in workers]))
+            # the outer reward r~, the meta-advantages A_t, and the PPO update of phi (SPEC 4)
             normalizer.update(batch["shaped"], classes)
             advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["meta_values"], args)
             t0 = timer.add("estimator", t0)
@@ -1011,7 +1099,7 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
         row.update({f"time/{k}": v for k, v in timer.seconds.items()})
         row.update({"val/success_last4": "", "val/success_det": ""})
         if args.val_every and update % args.val_every == 0:  # held-out validation lifetimes, deterministic phi
-            val_rows, _ = evaluate(envs, val_tasks, meta_net, args, device, repeats=1)
+            val_rows, _ = evaluate(lifetimes, val_tasks, meta_net, args, 1, args.seed, VALIDATION)
             row["val/success_last4"] = float(np.mean([[r[c] for c in last4] for r in val_rows]))
             row["val/success_det"] = float(np.mean([r["success_det"] for r in val_rows]))
             score = (row["val/success_last4"] + row["val/success_det"]) / 2
@@ -1019,12 +1107,12 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
                 best_val = score
                 save_checkpoint(os.path.join(run_dir, "meta_net_best.pt"), args=asdict(args), update=update,
                                 meta_net=meta_net.state_dict(), val_score=score)
-        with open(progress, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames or list(row))
-            if fieldnames is None:
-                writer.writeheader()
-                fieldnames = list(row)
-            writer.writerow(row)
+        if fieldnames is None or not set(row) <= set(fieldnames):  # a new run, or an older run's new columns
+            fieldnames = list(dict.fromkeys((fieldnames or []) + list(row)))
+            write_csv(progress, (read_csv(progress) if os.path.isfile(progress) else []) + [row], fieldnames)
+        else:
+            with open(progress, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fieldnames).writerow(row)
         if update % args.save_every == 0 or update == args.num_outer_updates:
             save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=asdict(args), update=update,
                             meta_net=meta_net.state_dict(), optimizer=optimizer.state_dict(),
@@ -1069,15 +1157,15 @@ def main(args):
     run_dir = (os.path.dirname(args.resume) if args.resume else
                os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
     meta_net = meta_net_from(ckpt, args.eval_checkpoint, device) if args.eval_checkpoint else None
-    envs = LockstepEnvs({**benchmark.train_classes, **benchmark.test_classes}, args.max_episode_steps, args.num_workers)
+    lifetimes = Lifetimes({**benchmark.train_classes, **benchmark.test_classes}, args)
     print(f"run folder: {run_dir}")
     try:
         if not args.eval_checkpoint:
-            meta_net = meta_train(args, run_dir, benchmark, envs, device, ckpt)
+            meta_net = meta_train(args, run_dir, benchmark, lifetimes, device, ckpt)
         os.makedirs(run_dir, exist_ok=True)
-        run_evaluation(args, run_dir, benchmark, envs, meta_net, device)
+        run_evaluation(args, run_dir, benchmark, lifetimes, meta_net)
     finally:
-        envs.close()
+        lifetimes.close()
     return run_dir
 
 

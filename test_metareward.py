@@ -30,6 +30,11 @@ TINY = dict(max_episode_steps=10, steps_per_update=20, lifetime_steps=60, lifeti
 both = pytest.mark.parametrize("m", [mr, ma], ids=["reward", "advantage"])
 
 
+def train_keys(m, n, update=1):
+    """The random-stream keys of the n lifetimes of one outer update."""
+    return [(m.TRAIN, 0, update, i) for i in range(n)]
+
+
 def tiny_args(m=mr, **kw):
     args = m.Args(**{**TINY, **kw})
     m.check_args(args)
@@ -63,10 +68,9 @@ def tiny_rollout(ml1, request):
     args = tiny_args(m)
     torch.manual_seed(0)
     tasks = m.sample_tasks(ml1.train_classes, ml1.train_tasks, args.lifetimes_per_update, np.random.default_rng(0))
-    envs = m.LockstepEnvs(ml1.train_classes, args.max_episode_steps, 1)
     meta_net = m.MetaNet(args.meta_std_scale)
-    batch = m.run_lifetimes(envs, tasks, meta_net, args, torch.device("cpu"), m.Timer())
-    envs.close()
+    batch = m.run_lifetimes(m.EnvGroup(ml1.train_classes, args.max_episode_steps), tasks, train_keys(m, 3), meta_net,
+                            args, m.Timer())
     return m, args, meta_net, batch
 
 
@@ -101,7 +105,7 @@ def test_sparse_reward_hand_made_sequences(m):
 
 
 class FakeEnvs:
-    """Stands in for LockstepEnvs with random observations and frequent successes."""
+    """Stands in for EnvGroup with random observations and frequent successes."""
 
     def __init__(self, n, seed):
         self.n, self.rng = n, np.random.default_rng(seed)
@@ -121,7 +125,7 @@ def fake_rollout(request):
     m = request.param
     args = tiny_args(m, lifetimes_per_update=4)
     torch.manual_seed(0)
-    batch = m.run_lifetimes(FakeEnvs(4, 0), [None] * 4, m.MetaNet(), args, torch.device("cpu"), m.Timer())
+    batch = m.run_lifetimes(FakeEnvs(4, 0), [None] * 4, train_keys(m, 4), m.MetaNet(), args, m.Timer())
     return args, batch
 
 
@@ -277,8 +281,7 @@ def make_inner_batch(agents, n, b, seed):
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(n, b, mr.OBS_DIM, generator=g)
     with torch.no_grad():
-        act = agents.get_action_and_value if hasattr(agents, "critic") else agents.get_action
-        actions, logprobs = act(obs)[:2]
+        actions, logprobs = agents.get_action(obs, noise=torch.randn(n, b, mr.ACT_DIM, generator=g))[:2]
     batch = (obs, actions, logprobs, torch.randn(n, b, generator=g), torch.randn(n, b, generator=g))
     return batch if hasattr(agents, "critic") else batch[:4]
 
@@ -377,7 +380,7 @@ def test_advantage_variant_inner_ppo_uses_the_networks_advantages(monkeypatch):
     real = ma.inner_ppo_update
     monkeypatch.setattr(ma, "inner_ppo_update", lambda ag, opt, o, a, lp, adv, *r: seen.append(adv.clone())
                         or real(ag, opt, o, a, lp, adv, *r))
-    batch = ma.run_lifetimes(FakeEnvs(3, 1), [None] * 3, ma.MetaNet(), tiny_args(ma), torch.device("cpu"), ma.Timer())
+    batch = ma.run_lifetimes(FakeEnvs(3, 1), [None] * 3, train_keys(ma, 3), ma.MetaNet(), tiny_args(ma), ma.Timer())
     assert len(seen) == 2
     for i, adv in enumerate(seen):
         assert torch.equal(adv, batch["meta_actions"][:, i * 20:(i + 1) * 20])
@@ -418,12 +421,39 @@ def test_end_to_end_tiny_run(m, tmp_path, monkeypatch):
 
 @both
 def test_worker_processes_give_the_same_run(m, tmp_path, monkeypatch):
-    """Stepping the envs in 2 worker processes changes nothing but the speed."""
+    """Living the lifetimes in 1, 2 or 3 worker processes changes nothing but the speed: the same
+    progress.csv (but its timing columns), eval.csv and network weights."""
     monkeypatch.chdir(tmp_path)
-    runs = [m.main(tiny_args(m, num_workers=w, num_outer_updates=1, exp_name=f"w{w}")) for w in (1, 2)]
-    assert untimed(read_csv(os.path.join(runs[0], "progress.csv"))) == \
-        untimed(read_csv(os.path.join(runs[1], "progress.csv")))
-    assert read_csv(os.path.join(runs[0], "eval.csv")) == read_csv(os.path.join(runs[1], "eval.csv"))
+    runs = [m.main(tiny_args(m, num_workers=w, num_outer_updates=2, exp_name=f"w{w}")) for w in (1, 2, 3)]
+    progress, evals = ([read_csv(os.path.join(r, f)) for r in runs] for f in ("progress.csv", "eval.csv"))
+    weights = [torch.load(os.path.join(r, "checkpoint.pt"), weights_only=True)["meta_net"] for r in runs]
+    for w in (1, 2):
+        assert untimed(progress[w]) == untimed(progress[0]) and evals[w] == evals[0]
+        assert all(torch.equal(weights[w][k], weights[0][k]) for k in weights[0])
+    assert progress[0][0]["val/success_det"] != ""  # validation lifetimes ran in the workers too
+
+
+@both
+@pytest.mark.parametrize("evaluation", [False, True])
+def test_a_lifetime_alone_equals_the_same_lifetime_in_a_batch(m, ml1, evaluation):
+    """Each lifetime draws every random number from its own key, and no batched op lets its
+    neighbours change its rounding: lifetimes 0 and 2 run alone give the batch's rows bit for bit."""
+    args = tiny_args(m)
+    tasks = m.sample_tasks(ml1.train_classes, ml1.train_tasks, 3, np.random.default_rng(0))
+    keys = train_keys(m, 3, update=7)
+    torch.manual_seed(0)
+    net = m.MetaNet(args.meta_std_scale)
+    run = lambda idx: m.run_lifetimes(m.EnvGroup(ml1.train_classes, args.max_episode_steps), [tasks[i] for i in idx],
+                                      [keys[i] for i in idx], net, args, m.Timer(), evaluation)
+    torch.set_num_threads(1)  # as in every process that lives lifetimes (Lifetimes.run, lifetime_worker)
+    try:
+        batch, alone, other = run([0, 1, 2]), [run([0]), run([2])], run([2, 1, 0])
+    finally:
+        torch.set_num_threads(m.UPDATE_THREADS)
+    for i, record in zip((0, 2), alone):
+        assert all(torch.equal(batch[k][i], record[k][0]) for k in batch), i
+    assert all(torch.equal(batch[k], other[k].flip(0)) for k in batch)  # another order: the same lifetimes
+    assert not torch.equal(batch["meta_actions"][0], batch["meta_actions"][1])  # distinct keys, distinct lifetimes
 
 
 def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
@@ -474,7 +504,7 @@ def test_inner_ppo_learns_from_the_chosen_reward(mode, monkeypatch):
     real_gae = mr.gae
     monkeypatch.setattr(mr, "gae", lambda r, *a: seen.append(r.clone()) or real_gae(r, *a))
     args = tiny_args(inner_reward=mode)
-    batch = mr.run_lifetimes(FakeEnvs(3, 1), [None] * 3, mr.MetaNet(), args, torch.device("cpu"), mr.Timer())
+    batch = mr.run_lifetimes(FakeEnvs(3, 1), [None] * 3, train_keys(mr, 3), mr.MetaNet(), args, mr.Timer())
     source = {"intrinsic": batch["meta_actions"], "sparse": batch["sparse"], "shaped": batch["shaped"]}[mode]
     assert len(seen) == 2  # two inner updates per lifetime
     for i, r in enumerate(seen):
@@ -488,7 +518,9 @@ def test_evaluation_uses_mean_signal_and_deterministic_episodes(m):
     args = tiny_args(m)
     torch.manual_seed(0)
     net = m.MetaNet()
-    rows, first = m.evaluate(FakeEnvs(3, 2), [FakeTask("t0"), FakeTask("t1")], net, args, torch.device("cpu"), 2)
+    lifetimes = m.Lifetimes({}, args)
+    lifetimes.envs = FakeEnvs(3, 2)
+    rows, first = m.evaluate(lifetimes, [FakeTask("t0"), FakeTask("t1")], net, args, 2, seed=1)
     assert [(r["task"], r["repeat"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     T, L = args.max_episode_steps, args.lifetime_steps
     assert first["success"].shape == (L + 4 * T,)  # 6 learning episodes, then 4 deterministic ones
@@ -737,10 +769,8 @@ def test_shipped_network_loads_and_rewards_a_real_lifetime(ml1):
         {k: v.shape for k, v in mr.MetaNet().state_dict().items()}
     args = tiny_args(lifetimes_per_update=2)
     tasks = mr.sample_tasks(ml1.test_classes, ml1.test_tasks, 2, None)
-    envs = mr.LockstepEnvs(ml1.test_classes, args.max_episode_steps, 1)
-    torch.manual_seed(0)
-    batch = mr.run_lifetimes(envs, tasks, meta_net, args, torch.device("cpu"), mr.Timer(), evaluation=True)
-    envs.close()
+    batch = mr.run_lifetimes(mr.EnvGroup(ml1.test_classes, args.max_episode_steps), tasks, train_keys(mr, 2),
+                             meta_net, args, mr.Timer(), evaluation=True)
     r = batch["meta_actions"]
     assert r.shape == (2, args.lifetime_steps) and torch.isfinite(r).all()
     assert r.abs().max() < math.pi / 2 and r.std() > 0  # the mean head is arctan(.): bounded, and it varies
