@@ -17,6 +17,7 @@ import copy
 import csv
 import math
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import random
 import sys
@@ -458,6 +459,22 @@ class Timer:
         return time.perf_counter()
 
 
+class Progress:
+    """Progress within a long phase, with an ETA: one line rewritten in place on a terminal; when the
+    output is redirected, only phases marked `logged` print (one line each call)."""
+
+    def __init__(self, label, total, logged=True):
+        self.label, self.total, self.logged, self.start = label, total, logged, time.perf_counter()
+
+    def __call__(self, done):
+        tty = sys.stdout.isatty()
+        if not (tty or self.logged):
+            return
+        elapsed = time.perf_counter() - self.start
+        line = f"  {self.label} {done}/{self.total} ({elapsed:.0f} s, ETA {elapsed / done * (self.total - done):.0f} s)"
+        print(f"\r{line}\x1b[K" if tty else line, end="" if tty and done < self.total else "\n", flush=True)
+
+
 TRAIN, VALIDATION, EVALUATION = 0, 1, 2  # the first number of a lifetime's key
 
 
@@ -469,12 +486,12 @@ def lifetime_generator(key):
     return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
 
-def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False):
+def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False, on_block=None):
     """The inner loop of Alg. 1: N fresh inner agents each live one lifetime on their task and learn
     from the advantages A^m of the advantage network only (sampled in training, their mean in
     evaluation). In evaluation, `--eval-deterministic-episodes` episodes of the final policy's mean
     action follow.
-    Runs on the CPU; keys: one per lifetime (lifetime_generator).
+    Runs on the CPU; keys: one per lifetime (lifetime_generator); on_block(steps done) after each block.
 
     Returns the per-step record (N, steps, ...) of everything the outer update and the logs need."""
     n, L, T, U = len(tasks), args.lifetime_steps, args.max_episode_steps, args.steps_per_update
@@ -528,13 +545,16 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False):
             inner_ppo_update(agents, optimizer, obs[:, blk], actions[:, blk], logprobs[:, blk],
                              meta_actions[:, blk], perms, args)
             t0 = timer.add("inner_ppo", t0)
+        if on_block and ((t + 1) % U == 0 or t + 1 == steps):
+            on_block(t + 1)
     return dict(meta_inputs=meta_inputs[:, :L], meta_actions=meta_actions[:, :L], meta_logprobs=meta_logprobs[:, :L],
                 meta_values=meta_values[:, :L], sparse=sparse, shaped=shaped, success=success)
 
 
 def lifetime_worker(remote, classes, max_episode_steps):
     """A worker process: lives whole lifetimes, on the CPU with one torch thread. One message in per
-    batch (phi, tasks, keys, settings) and one out (the record of those lifetimes, the time split)."""
+    batch (phi, tasks, keys, settings) and one out (the record of those lifetimes, the time split),
+    with the steps done sent after each block for the progress line."""
     torch.set_num_threads(1)
     envs = EnvGroup(classes, max_episode_steps)
     while (job := remote.recv()) is not None:
@@ -545,7 +565,8 @@ def lifetime_worker(remote, classes, max_episode_steps):
                 meta_net = MetaNet(args.meta_std_scale)
                 meta_net.load_state_dict(phi)
             timer = Timer()
-            remote.send((run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation), timer.seconds))
+            record = run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation, remote.send)
+            remote.send((record, timer.seconds))
         except Exception as e:  # re-raised in the main process
             remote.send(e)
 
@@ -568,24 +589,34 @@ class Lifetimes:
             self.remotes.append(remote)
             self.procs.append(proc)
 
-    def run(self, tasks, keys, meta_net, args, evaluation=False):
-        """Returns the record (N, steps, ...) on the CPU and each worker's time split."""
+    def run(self, tasks, keys, meta_net, args, evaluation=False, progress=None):
+        """Returns the record (N, steps, ...) on the CPU and each worker's time split; progress(steps)
+        is called as the slowest worker finishes each block."""
         if self.num_workers == 1:
             net = None if meta_net is None else copy.deepcopy(meta_net).cpu()
             timer = Timer()
             torch.set_num_threads(1)
             try:
-                return run_lifetimes(self.envs, tasks, keys, net, args, timer, evaluation), [timer.seconds]
+                return run_lifetimes(self.envs, tasks, keys, net, args, timer, evaluation, progress), [timer.seconds]
             finally:
                 torch.set_num_threads(UPDATE_THREADS)
         phi = None if meta_net is None else {k: v.cpu() for k, v in meta_net.state_dict().items()}
         shares = [s for s in np.array_split(np.arange(len(tasks)), self.num_workers) if len(s)]
         for remote, share in zip(self.remotes, shares):
             remote.send((phi, [tasks[i] for i in share], [keys[i] for i in share], args, evaluation))
-        results = [remote.recv() for remote in self.remotes[:len(shares)]]
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+        busy = {remote: w for w, remote in enumerate(self.remotes[:len(shares)])}
+        results, done = [None] * len(shares), [0] * len(shares)
+        while busy:
+            for remote in mp.connection.wait(list(busy)):
+                message = remote.recv()
+                if isinstance(message, int):  # a worker finished a block
+                    done[busy[remote]] = message
+                    if progress and message == min(done):
+                        progress(message)
+                    continue
+                if isinstance(message, Exception):  # re-raised here
+                    raise message
+                results[busy.pop(remote)] = message
         return {k: torch.cat([rec[k] for rec, _ in results]) for k in results[0][0]}, [sec for _, sec in results]
 
     def close(self):
@@ -735,6 +766,8 @@ def evaluate(lifetimes, tasks, meta_net, args, repeats, seed, kind=EVALUATION):
     the first lifetime's per-step record."""
     lifetimes_ = [(i, rep) for i in range(len(tasks)) for rep in range(repeats)]
     episodes, rows, first = args.lifetime_steps // args.max_episode_steps, [], None
+    progress = Progress(f"{['', 'validation', 'evaluation'][kind]} seed {seed}: lifetimes", len(lifetimes_),
+                        logged=kind == EVALUATION)
     for chunk in np.array_split(np.arange(len(lifetimes_)), math.ceil(len(lifetimes_) / args.lifetimes_per_update)):
         chunk = [lifetimes_[c] for c in chunk]
         batch, _ = lifetimes.run([tasks[i] for i, _ in chunk], [(kind, seed, i, rep) for i, rep in chunk],
@@ -745,6 +778,7 @@ def evaluate(lifetimes, tasks, meta_net, args, repeats, seed, kind=EVALUATION):
             rows.append(row)
         if first is None:
             first = {k: v[0] for k, v in batch.items()}
+        progress(len(rows))
     return rows, first
 
 
@@ -844,7 +878,6 @@ def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net):
         rows, first = rows + [{**row, "inner_reward": "advantage"} for row in seed_rows], first or record
         write_csv(os.path.join(run_dir, "eval.csv"), rows)
         write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
-        print(f"evaluation seed {seed}: {len(seed_rows)} lifetimes done", flush=True)
     print_eval_table(rows, success_columns(args), f"evaluation (advantage, {args.eval_split} tasks)")
     c_shaped, c_sparse = write_trace(os.path.join(run_dir, TRACE_FILE), first, args)
     print(f"  first lifetime: corr(advantage, shaped) = {c_shaped:.3f}, corr(advantage, sparse) = {c_sparse:.3f}")
@@ -1077,8 +1110,9 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
             tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
             classes = [task.env_name for task in tasks]
             t0 = time.perf_counter()
-            batch, workers = lifetimes.run(tasks, [(TRAIN, args.seed, update, i) for i in range(len(tasks))],
-                                           meta_net, args)
+            batch, workers = lifetimes.run(tasks, [(TRAIN, args.seed, update, i) for i in range(len(tasks))], meta_net,
+                                           args, progress=Progress(f"update {update}: lifetime steps", args.lifetime_steps,
+                                                                   logged=False))
             batch = {k: v.to(device) for k, v in batch.items()}
             t0 = timer.add("lifetimes", t0)  # the main process waits for the lifetimes
             for part in ("env", "inference", "inner_ppo"):  # their time split, the mean over workers
