@@ -46,7 +46,7 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
-    """if toggled, use CUDA when available (the workload is bound by CPU env stepping)"""
+    """if toggled, use CUDA (an error where it is not available; the workload is bound by CPU env stepping)"""
 
     # Environments (SPEC 1, 8)
     benchmark: Literal["ML1", "ML10"] = "ML1"
@@ -183,6 +183,18 @@ def check_args(args):
     if args.num_workers > args.lifetimes_per_update:
         raise ConfigError(f"--num-workers {args.num_workers} exceeds --lifetimes-per-update "
                           f"{args.lifetimes_per_update}")
+    if args.cuda and not torch.cuda.is_available():
+        raise ConfigError(f"--cuda: CUDA is not available here (torch {torch.__version__}); drop --cuda to use the CPU")
+    float_ranges = (  # (flags, valid, what); NaN fails every comparison
+        ("meta_learning_rate learning_rate meta_std_scale reward_scale", lambda x: 0 < x < math.inf, "finite and > 0"),
+        ("meta_gamma", lambda x: 0 < x <= 1, "in (0, 1]"),  # the estimator divides by meta_gamma^episode
+        ("meta_nstep_decay", lambda x: 0 <= x <= 1, "in [0, 1]"),
+        ("meta_clip_coef clip_coef meta_max_grad_norm max_grad_norm meta_target_kl", lambda x: x > 0, "> 0"),
+        ("meta_ent_coef meta_vf_coef ent_coef", lambda x: 0 <= x < math.inf, "finite and >= 0"))
+    for names, valid, what in float_ranges:
+        for name in names.split():
+            if not valid(getattr(args, name)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import typing
 
 import metareward as mr
 import metareward_advantage as ma
@@ -455,6 +456,46 @@ def test_bad_input_exits_with_one_line(m, argv, message, capsys, tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: ") and message in err
     assert not os.path.exists("runs")  # nothing was started
+
+
+# bad values of every float setting: (flag, values); the advantage script has no inner critic
+BAD_FLOATS = {"meta_learning_rate": ("-1", "0", "nan", "inf"), "learning_rate": ("-1", "0", "nan", "inf"),
+              "meta_std_scale": ("-1", "0", "inf"), "reward_scale": ("0", "-1e-4", "nan"),
+              "meta_gamma": ("1.5", "0", "nan"), "gamma": ("1.5", "-0.1"), "gae_lambda": ("1.01", "nan"),
+              "meta_nstep_decay": ("-0.5", "1.5"), "meta_clip_coef": ("-0.2", "0"), "clip_coef": ("0", "nan"),
+              "meta_max_grad_norm": ("-1", "0"), "max_grad_norm": ("0",), "meta_target_kl": ("0", "-0.01"),
+              "meta_ent_coef": ("-0.001", "nan"), "meta_vf_coef": ("-1", "inf"), "ent_coef": ("-1", "inf"),
+              "vf_coef": ("-0.5",)}
+
+
+def float_settings(m):
+    return [name for name, t in typing.get_type_hints(m.Args).items() if float in (t, *typing.get_args(t))]
+
+
+@pytest.mark.parametrize("m, flag, value", [
+    pytest.param(m, flag, value, id=f"{m.SCRIPT}--{flag}={value}")
+    for m in (mr, ma) for flag in float_settings(m) for value in BAD_FLOATS[flag]])
+def test_bad_float_setting_exits_with_one_line(m, flag, value, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        m.cli([f"--{flag.replace('_', '-')}", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: --{flag.replace('_', '-')} must be ")
+    assert not os.path.exists("runs")
+
+
+@both
+def test_float_settings_have_ranges_and_accept_their_bounds(m, monkeypatch):
+    assert set(float_settings(m)) <= set(BAD_FLOATS)  # every float flag is tested above
+    bounds = dict(meta_gamma=1.0, meta_nstep_decay=0.0, meta_ent_coef=0.0, ent_coef=0.0, meta_vf_coef=0.0,
+                  meta_target_kl=math.inf, meta_max_grad_norm=math.inf, max_grad_norm=math.inf)
+    if m is mr:
+        bounds.update(gamma=0.0, gae_lambda=1.0, vf_coef=0.0)
+    tiny_args(m, **bounds)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(m.ConfigError, match="--cuda: CUDA is not available here"):
+        tiny_args(m, cuda=True)
 
 
 @pytest.mark.parametrize("script", ["metareward.py", "metareward_advantage.py"])
