@@ -996,6 +996,12 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
         os.replace(progress + ".tmp", progress)
 
     steps_per_outer = args.lifetimes_per_update * args.lifetime_steps
+    try:  # the rows as TensorBoard scalars too (`tensorboard --logdir runs`) when tensorboard is installed
+        from torch.utils.tensorboard import SummaryWriter
+        tb_writer = SummaryWriter(run_dir, purge_step=first_update * steps_per_outer if ckpt else None)
+    except ImportError:
+        tb_writer = None
+        print("tensorboard is not installed: progress.csv only (pip install tensorboard for live curves)")
     start_time = time.time()
     episodes = args.lifetime_steps // args.max_episode_steps
     last4 = [f"success_ep{e:02d}" for e in range(max(1, episodes - 3), episodes + 1)]
@@ -1037,6 +1043,10 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
                 writer.writeheader()
                 fieldnames = list(row)
             writer.writerow(row)
+        if tb_writer:  # the same row: scalars over global_step
+            for tag in [k for k in row if "/" in k and row[k] != ""]:
+                tb_writer.add_scalar(tag, row[tag], row["global_step"])
+            tb_writer.flush()
         if update % args.save_every == 0 or update == args.num_outer_updates:
             save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=asdict(args), update=update,
                             meta_net=meta_net.state_dict(), optimizer=optimizer.state_dict(),
@@ -1048,6 +1058,8 @@ def meta_train(args, run_dir, benchmark, envs, device, ckpt=None):
         print(f"update {update}/{args.num_outer_updates} | SPS {row['charts/SPS']:.0f} | success last 4 eps "
               f"{np.mean([row[f'charts/{c}'] for c in last4]):.2f} | shaped return {row['charts/shaped_return']:.1f} | "
               f"kl {stats['approx_kl']:.4f}{val} | ETA {eta / 3600:.1f} h", flush=True)
+    if tb_writer:
+        tb_writer.close()
     return meta_net
 
 

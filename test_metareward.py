@@ -393,6 +393,14 @@ def read_csv(path):
 TIMING = ("charts/SPS", "charts/seconds_per_update")
 
 
+def tensorboard_scalars(run_dir):
+    """tag -> the scalar events of the run folder's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
 def untimed(rows):
     return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
 
@@ -408,6 +416,12 @@ def test_end_to_end_tiny_run(m, tmp_path, monkeypatch):
         succ = [float(r[f"charts/success_ep{i:02d}"]) for i in range(1, 7)]
         assert all(0.0 <= s <= 1.0 for s in succ)
         assert np.isfinite([float(r[k]) for k in ("losses/value_loss", "losses/policy_loss", "charts/SPS")]).all()
+    # the same rows as TensorBoard scalars in the run folder: the CSV's tags, over global_step
+    events = tensorboard_scalars(run_dir)
+    assert set(events) == {k for k in rows[0] if "/" in k}
+    for tag in ("charts/SPS", "charts/success_ep06", "losses/value_loss", "time/outer_ppo", "val/success_det"):
+        assert [s.step for s in events[tag]] == [int(r["global_step"]) for r in rows]
+        assert [s.value for s in events[tag]] == pytest.approx([float(r[tag]) for r in rows], rel=1e-6)
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert ckpt["script"] == m.SCRIPT and ckpt["update"] == 2
     net = m.load_meta_net(os.path.join(run_dir, "checkpoint.pt"))
@@ -673,6 +687,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(m, tmp_path, monkeypat
     resumed = m.main(m.Args(resume=str(crashed / "checkpoint.pt")))
     assert resumed == str(crashed)
     assert untimed(read_csv(os.path.join(straight, "progress.csv"))) == untimed(read_csv(crashed / "progress.csv"))
+    # TensorBoard: the resumed run's events replace those logged after the checkpoint
+    loss = [(s.step, s.value) for s in tensorboard_scalars(crashed)["losses/value_loss"]]
+    assert loss == [(int(r["global_step"]), pytest.approx(float(r["losses/value_loss"]), rel=1e-6))
+                    for r in read_csv(crashed / "progress.csv")]
     a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True) for d in (straight, crashed))
     assert a["update"] == b["update"] == 4
     assert all(torch.equal(a["meta_net"][k], b["meta_net"][k]) for k in a["meta_net"])
@@ -680,14 +698,17 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(m, tmp_path, monkeypat
 
 
 @both
-def test_same_seed_same_csv_other_seed_differs(m, tmp_path, monkeypatch):
+def test_same_seed_same_csv_other_seed_differs(m, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # tensorboard is optional
     runs = [m.main(tiny_args(m, seed=s, exp_name=f"r{i}", num_outer_updates=1, eval_tasks=1, eval_repeats=1))
             for i, s in enumerate((5, 5, 6))]
     progress = [untimed(read_csv(os.path.join(r, "progress.csv"))) for r in runs]
     evals = [read_csv(os.path.join(r, "eval.csv")) for r in runs]
     assert progress[0] == progress[1] and evals[0] == evals[1]
     assert progress[0] != progress[2]
+    assert "tensorboard is not installed" in capsys.readouterr().out
+    assert not any("tfevents" in f for r in runs for f in os.listdir(r))
 
 
 @pytest.fixture(scope="module")
