@@ -136,12 +136,6 @@ class Args:
     resume: Optional[str] = None
     """continue the run of this checkpoint (its settings; --num-outer-updates may extend it)"""
 
-    # Results
-    plot: Tuple[str, ...] = ()
-    """run folders (or their eval.csv) to compare instead of running: print the results and trace tables, draw --plot-file"""
-    plot_file: str = "results.png"
-    """the figure of --plot: success per episode per method, and the network's trace (needs matplotlib)"""
-
 
 class ConfigError(ValueError):
     """Bad input: reported as one line and a non-zero exit, before any work is done."""
@@ -777,116 +771,6 @@ def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Results: the table and figure of several evaluations (--plot)
-# ---------------------------------------------------------------------------------------------
-def load_results(paths):
-    """The rows of each run folder's eval.csv (or of the eval.csv files given), and the first
-    TRACE_FILE found beside them (None if there is none)."""
-    rows, trace = [], None
-    for path in paths:
-        file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
-        if not (os.path.isfile(file) and file.endswith(".csv")):
-            raise ConfigError(f"--plot: no eval.csv at {path}")
-        with open(file, newline="") as f:
-            rows += list(csv.DictReader(f))
-        trace_file = os.path.join(os.path.dirname(file), TRACE_FILE)
-        if trace is None and os.path.isfile(trace_file):
-            with open(trace_file, newline="") as f:
-                trace = list(csv.DictReader(f))
-    return rows, trace
-
-
-def results_table(rows):
-    """Markdown: one line per method (eval.csv's inner_reward), mean +- std over its evaluation seeds."""
-    columns = [c for c in rows[0] if c.startswith("success_")]
-    methods = list(dict.fromkeys(r["inner_reward"] for r in rows))
-    lines = []
-    for method in methods:
-        selected = [r for r in rows if r["inner_reward"] == method]
-        cells = table_row(selected, columns)
-        if not lines:
-            lines = ["| method | seeds | lifetimes | " + " | ".join(cells) + " |", "|---" * (len(cells) + 3) + "|"]
-        lines.append(f"| {method} | {len({str(r['seed']) for r in selected})} | {len(selected)} | "
-                     + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
-    return lines
-
-
-def trace_signal(trace):
-    """The name of the trace's column that holds the network's signal."""
-    return [c for c in trace[0] if c not in ("step", "episode", "shaped_reward", "sparse_reward", "success")][0]
-
-
-def trace_table(trace):
-    """Markdown: what the network signals over the traced lifetime, episode by episode, next to the
-    shaped reward the agent never sees: its mean before and from the first success on, and the
-    within-episode correlation of the two."""
-    signal = trace_signal(trace)
-    lines = [f"| episode | solved | mean {signal} | before first success | from first success | "
-             f"mean shaped reward | corr({signal}, shaped) |", "|---" * 7 + "|"]
-    for episode in dict.fromkeys(r["episode"] for r in trace):
-        x, y, solved = (np.array([float(r[c]) for r in trace if r["episode"] == episode])
-                        for c in (signal, "shaped_reward", "success"))
-        first = int(np.argmax(solved > 0)) if (solved > 0).any() else len(x)
-        corr = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else float("nan")
-        cells = [x.mean(), x[:first].mean() if first else None, x[first:].mean() if first < len(x) else None]
-        lines.append(f"| {episode} | {'yes' if first < len(x) else 'no'} | "
-                     + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + f" | {y.mean():.2f} | {corr:.2f} |")
-    return lines
-
-
-def plot_results(rows, trace, path):
-    """Left: success per episode index (and the deterministic point) per method, mean +- std over
-    seeds. Right: the network's signal over the trace's last episode next to the shaped reward."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("--plot draws with matplotlib, which is not installed: pip install matplotlib") from None
-    columns = [c for c in rows[0] if c.startswith("success_")]
-    fig, axes = plt.subplots(1, 2 if trace else 1, figsize=(12 if trace else 6, 4), squeeze=False)
-    ax = axes[0, 0]
-    for method in dict.fromkeys(r["inner_reward"] for r in rows):
-        per_seed = seed_means([r for r in rows if r["inner_reward"] == method], columns)
-        std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(len(columns))
-        ax.errorbar(np.arange(1, len(columns) + 1), per_seed.mean(0), yerr=std, capsize=3, marker="o",
-                    label=f"{method} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
-    ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
-    ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title="test tasks")
-    ax.legend()
-    if trace:
-        signal = trace_signal(trace)
-        last = [r for r in trace if r["episode"] == trace[-1]["episode"]]
-        k = np.arange(len(last))
-        ax = axes[0, 1]
-        ax.plot(k, [float(r[signal]) for r in last], color="tab:blue", label=signal)
-        ax.set(xlabel=f"step of episode {last[0]['episode']}", ylabel=signal, title="one evaluation episode")
-        twin = ax.twinx()
-        twin.plot(k, [float(r["shaped_reward"]) for r in last], color="tab:orange", label="shaped reward")
-        twin.set_ylabel("shaped reward (not seen by the agent)")
-        solved = [i for i, r in enumerate(last) if float(r["success"]) > 0]
-        if solved:
-            ax.axvline(solved[0], color="gray", linestyle=":", label="first success")
-        ax.legend(loc="upper left")
-        twin.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def show_results(args):
-    """--plot: the results table of the given evaluations, the trace table, and the figure."""
-    rows, trace = load_results(args.plot)
-    if not rows:
-        raise ConfigError("--plot: the eval.csv files hold no rows")
-    print("\n".join(results_table(rows)))
-    if trace:
-        print("\n" + "\n".join(trace_table(trace)))
-    plot_results(rows, trace, args.plot_file)
-    print(f"wrote {args.plot_file}")
-
-
-# ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 SCRIPT = "metareward_advantage"
@@ -1069,8 +953,8 @@ def main(args):
         ckpt = load_checkpoint(args.resume)
         if "optimizer" not in ckpt:
             raise CheckpointError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
-        try:
-            saved = Args(**ckpt["args"])
+        try:  # older checkpoints also hold --plot's settings (now tools/plot_results.py)
+            saved = Args(**{k: v for k, v in ckpt["args"].items() if k not in ("plot", "plot_file")})
         except TypeError as e:
             raise CheckpointError(f"{args.resume} has settings this script does not know: {e}")
         args = replace(saved, resume=args.resume, num_workers=args.num_workers, cuda=args.cuda,
@@ -1078,8 +962,6 @@ def main(args):
     elif args.eval_checkpoint:
         ckpt = load_checkpoint(args.eval_checkpoint)
     check_args(args)
-    if args.plot:
-        return show_results(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
