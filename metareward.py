@@ -7,9 +7,6 @@ signal and emits an intrinsic reward r^i_t at every step; the inner PPO learns f
 The reward agent is itself trained with PPO (truncated BPTT) to maximise the *shaped* return the
 inner agents reach over their lifetimes. One outer update = N lifetimes run in lockstep: the N
 inner agents are independent learners whose parameters are stacked on a leading agent dimension.
-
-    python metareward.py                      # the paper's ML1 door-close experiment
-    python metareward.py --help               # every hyperparameter, with the paper's default
 """
 import csv
 import math
@@ -201,9 +198,7 @@ def check_args(args):
                 raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Environments (SPEC 1, 8)
-# ---------------------------------------------------------------------------------------------
+# ---- Environments (SPEC 1, 8) ---------------------------------------------------------------
 def make_benchmark(args, seed=None):
     """The MetaWorld benchmark object; its seed (default --seed) fixes the train/test goal positions."""
     seed = args.seed if seed is None else seed
@@ -325,9 +320,7 @@ def sparse_reward(success, k, solved, episode_len):
     return r, solved
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
+# ---- Networks -------------------------------------------------------------------------------
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -339,8 +332,7 @@ class StackedMLP(nn.Module):
 
     def __init__(self, n, sizes, out_gain):
         super().__init__()
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             gain = out_gain if i == len(sizes) - 2 else np.sqrt(2)
             w = torch.empty(n, fan_out, fan_in)
@@ -366,15 +358,12 @@ class InnerAgents(nn.Module):
         self.critic = StackedMLP(n, [OBS_DIM, 64, 64, 1], out_gain=1.0)
         self.actor_logstd = nn.Parameter(torch.zeros(n, 1, ACT_DIM))  # log(1.0)
 
-    def get_value(self, obs):
-        return self.critic(obs).squeeze(-1)
-
     def get_action_and_value(self, obs, action=None):
         mean = self.actor_mean(obs)
         probs = Normal(mean, self.actor_logstd.exp().expand_as(mean), validate_args=False)
         if action is None:
             action = probs.sample()
-        return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1), self.get_value(obs)
+        return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1), self.critic(obs).squeeze(-1)
 
 
 class MetaNet(nn.Module):
@@ -415,9 +404,7 @@ class MetaNet(nn.Module):
         return mean, std, self.critic(h).squeeze(-1), state
 
 
-# ---------------------------------------------------------------------------------------------
-# Inner loop: N independent PPO learners at once (SPEC 2)
-# ---------------------------------------------------------------------------------------------
+# ---- Inner loop: N independent PPO learners at once (SPEC 2) --------------------------------
 def gae(rewards, values, gamma, gae_lambda, episode_len):
     """GAE over (N, B) batches of whole episodes; every episode's last step is terminal (SPEC 2).
 
@@ -469,9 +456,7 @@ def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, retu
             optimizer.step()
 
 
-# ---------------------------------------------------------------------------------------------
-# Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes
-# ---------------------------------------------------------------------------------------------
+# ---- Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes -------------------------
 class Timer:
     """Accumulates wall-clock seconds per named part of an outer update."""
 
@@ -551,16 +536,13 @@ def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
                 meta_values=meta_values[:, :L], sparse=sparse, shaped=shaped, success=success)
 
 
-# ---------------------------------------------------------------------------------------------
-# Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4)
-# ---------------------------------------------------------------------------------------------
+# ---- Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4) -
 class ShapedRewardNormalizer:
     """Running mean of each task class's per-step shaped reward; r~ = r / (mean + 1e-7) * scale."""
 
     def __init__(self, class_names, scale):
         self.scale = scale
-        self.count = {c: 0 for c in class_names}
-        self.mean = {c: 0.0 for c in class_names}
+        self.count, self.mean = {c: 0 for c in class_names}, {c: 0.0 for c in class_names}
 
     def update(self, shaped, class_names):
         for c in set(class_names):
@@ -671,13 +653,10 @@ def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation (SPEC 6)
-# ---------------------------------------------------------------------------------------------
+# ---- Evaluation (SPEC 6) --------------------------------------------------------------------
 def episode_success(success, episode_len):
     """(N, steps) per-step success flags -> (N, episodes): 1 where the episode succeeded at some step."""
-    n, steps = success.shape
-    return success.view(n, steps // episode_len, episode_len).amax(-1)
+    return success.view(len(success), -1, episode_len).amax(-1)
 
 
 def success_columns(args):
@@ -732,25 +711,17 @@ def table_row(rows, columns):
     spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
     spans["deterministic"] = slice(e, e + 1)
     per_seed = seed_means(rows, columns)
+    if len(per_seed) > 1:
+        return {name: (per_seed[:, s].mean(), per_seed[:, s].mean(1).std(ddof=1)) for name, s in spans.items()}
     values = np.array([[float(r[c]) for c in columns] for r in rows])
-    out = {}
-    for name, span in spans.items():
-        if len(per_seed) > 1:
-            out[name] = (per_seed[:, span].mean(), per_seed[:, span].mean(1).std(ddof=1))
-        else:
-            v = values[:, span].mean(1)
-            out[name] = (v.mean(), v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
-    return out
-
-
-def error_name(rows):
-    seeds = len({str(r["seed"]) for r in rows})
-    return f"std over {seeds} seeds" if seeds > 1 else "standard error over lifetimes"
+    v = {name: values[:, s].mean(1) for name, s in spans.items()}  # per lifetime
+    return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0) for name, x in v.items()}
 
 
 def print_eval_table(rows, columns, label):
-    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks "
-          f"(mean +- {error_name(rows)})")
+    seeds = len({str(r["seed"]) for r in rows})
+    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks (mean +- "
+          f"{f'std over {seeds} seeds' if seeds > 1 else 'standard error over lifetimes'})")
     print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
     print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
 
@@ -802,9 +773,7 @@ def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
     return rows
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
+# ---- Checkpoints ----------------------------------------------------------------------------
 SCRIPT = "metareward"
 VALIDATION_SEED_OFFSET = 10_000  # the validation goals come from the benchmark built with seed + this
 
@@ -838,8 +807,7 @@ def meta_net_from(ckpt, path, device="cpu"):
     try:
         meta_net.load_state_dict(ckpt["meta_net"])
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"{path} does not fit this script's network: {reason}")
+        raise CheckpointError(f"{path} does not fit this script's network: {str(e).strip().splitlines()[-1].strip()}")
     return meta_net
 
 
@@ -862,9 +830,7 @@ def set_rng_states(states, task_rng):
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
 
 
-# ---------------------------------------------------------------------------------------------
-# Meta-training (Algorithm 1) and main
-# ---------------------------------------------------------------------------------------------
+# ---- Meta-training (Algorithm 1) and main ---------------------------------------------------
 def update_metrics(batch, returns, args):
     """What one outer update logs about its lifetimes (success per episode index, shaped return)."""
     n, L = batch["shaped"].shape

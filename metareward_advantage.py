@@ -9,9 +9,6 @@ surrogate uses A^m directly (no critic, no GAE). The advantage agent is itself t
 (truncated BPTT) to maximise the *shaped* return the inner agents reach over their lifetimes.
 One outer update = N lifetimes run in lockstep: the N inner agents are independent learners whose
 parameters are stacked on a leading agent dimension.
-
-    python metareward_advantage.py            # the paper's ML1 door-close experiment, advantage variant
-    python metareward_advantage.py --help     # every hyperparameter, with the paper's default
 """
 import csv
 import math
@@ -191,9 +188,7 @@ def check_args(args):
                 raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Environments (SPEC 1, 8)
-# ---------------------------------------------------------------------------------------------
+# ---- Environments (SPEC 1, 8) ---------------------------------------------------------------
 def make_benchmark(args, seed=None):
     """The MetaWorld benchmark object; its seed (default --seed) fixes the train/test goal positions."""
     seed = args.seed if seed is None else seed
@@ -315,9 +310,7 @@ def sparse_reward(success, k, solved, episode_len):
     return r, solved
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
+# ---- Networks -------------------------------------------------------------------------------
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -329,8 +322,7 @@ class StackedMLP(nn.Module):
 
     def __init__(self, n, sizes, out_gain):
         super().__init__()
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             gain = out_gain if i == len(sizes) - 2 else np.sqrt(2)
             w = torch.empty(n, fan_out, fan_in)
@@ -401,9 +393,7 @@ class MetaNet(nn.Module):
         return mean, std, self.critic(h).squeeze(-1), state
 
 
-# ---------------------------------------------------------------------------------------------
-# Inner loop: N independent actor-only PPO learners at once (SPEC 2, 5)
-# ---------------------------------------------------------------------------------------------
+# ---- Inner loop: N independent actor-only PPO learners at once (SPEC 2, 5) ------------------
 def clip_grad_norm_per_agent_(params, max_norm):
     """torch.nn.utils.clip_grad_norm_ for each agent's slice (the leading dim) separately."""
     norms = torch.stack([p.grad.pow(2).flatten(1).sum(1) for p in params]).sum(0).sqrt()
@@ -441,9 +431,7 @@ def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, perm
             optimizer.step()
 
 
-# ---------------------------------------------------------------------------------------------
-# Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes
-# ---------------------------------------------------------------------------------------------
+# ---- Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes -------------------------
 class Timer:
     """Accumulates wall-clock seconds per named part of an outer update."""
 
@@ -520,16 +508,13 @@ def run_lifetimes(envs, tasks, meta_net, args, device, timer, evaluation=False):
                 meta_values=meta_values[:, :L], sparse=sparse, shaped=shaped, success=success)
 
 
-# ---------------------------------------------------------------------------------------------
-# Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4)
-# ---------------------------------------------------------------------------------------------
+# ---- Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4) -
 class ShapedRewardNormalizer:
     """Running mean of each task class's per-step shaped reward; r~ = r / (mean + 1e-7) * scale."""
 
     def __init__(self, class_names, scale):
         self.scale = scale
-        self.count = {c: 0 for c in class_names}
-        self.mean = {c: 0.0 for c in class_names}
+        self.count, self.mean = {c: 0 for c in class_names}, {c: 0.0 for c in class_names}
 
     def update(self, shaped, class_names):
         for c in set(class_names):
@@ -640,13 +625,10 @@ def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation (SPEC 6)
-# ---------------------------------------------------------------------------------------------
+# ---- Evaluation (SPEC 6) --------------------------------------------------------------------
 def episode_success(success, episode_len):
     """(N, steps) per-step success flags -> (N, episodes): 1 where the episode succeeded at some step."""
-    n, steps = success.shape
-    return success.view(n, steps // episode_len, episode_len).amax(-1)
+    return success.view(len(success), -1, episode_len).amax(-1)
 
 
 def success_columns(args):
@@ -701,25 +683,17 @@ def table_row(rows, columns):
     spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
     spans["deterministic"] = slice(e, e + 1)
     per_seed = seed_means(rows, columns)
+    if len(per_seed) > 1:
+        return {name: (per_seed[:, s].mean(), per_seed[:, s].mean(1).std(ddof=1)) for name, s in spans.items()}
     values = np.array([[float(r[c]) for c in columns] for r in rows])
-    out = {}
-    for name, span in spans.items():
-        if len(per_seed) > 1:
-            out[name] = (per_seed[:, span].mean(), per_seed[:, span].mean(1).std(ddof=1))
-        else:
-            v = values[:, span].mean(1)
-            out[name] = (v.mean(), v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
-    return out
-
-
-def error_name(rows):
-    seeds = len({str(r["seed"]) for r in rows})
-    return f"std over {seeds} seeds" if seeds > 1 else "standard error over lifetimes"
+    v = {name: values[:, s].mean(1) for name, s in spans.items()}  # per lifetime
+    return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0) for name, x in v.items()}
 
 
 def print_eval_table(rows, columns, label):
-    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks "
-          f"(mean +- {error_name(rows)})")
+    seeds = len({str(r["seed"]) for r in rows})
+    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks (mean +- "
+          f"{f'std over {seeds} seeds' if seeds > 1 else 'standard error over lifetimes'})")
     print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
     print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
 
@@ -770,9 +744,7 @@ def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
     return rows
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
+# ---- Checkpoints ----------------------------------------------------------------------------
 SCRIPT = "metareward_advantage"
 VALIDATION_SEED_OFFSET = 10_000  # the validation goals come from the benchmark built with seed + this
 
@@ -806,8 +778,7 @@ def meta_net_from(ckpt, path, device="cpu"):
     try:
         meta_net.load_state_dict(ckpt["meta_net"])
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"{path} does not fit this script's network: {reason}")
+        raise CheckpointError(f"{path} does not fit this script's network: {str(e).strip().splitlines()[-1].strip()}")
     return meta_net
 
 
@@ -830,9 +801,7 @@ def set_rng_states(states, task_rng):
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
 
 
-# ---------------------------------------------------------------------------------------------
-# Meta-training (Algorithm 1) and main
-# ---------------------------------------------------------------------------------------------
+# ---- Meta-training (Algorithm 1) and main ---------------------------------------------------
 def update_metrics(batch, returns, args):
     """What one outer update logs about its lifetimes (success per episode index, shaped return)."""
     n, L = batch["shaped"].shape
