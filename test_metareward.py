@@ -10,13 +10,13 @@ import math
 import os
 import subprocess
 import sys
+import typing
 
 import metaworld
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import typing
 
 import metareward as mr
 import metareward_advantage as ma
@@ -496,6 +496,7 @@ def float_settings(m):
     for m in (mr, ma) for flag in float_settings(m) for value in BAD_FLOATS[flag]])
 def test_bad_float_setting_exits_with_one_line(m, flag, value, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", lambda *a: pytest.fail(f"--{flag} {value} passed check_args"))
     with pytest.raises(SystemExit) as exc:
         m.cli([f"--{flag.replace('_', '-')}", value])
     assert exc.value.code == 2
