@@ -9,9 +9,6 @@ surrogate uses A^m directly (no critic, no GAE). The advantage agent is itself t
 (truncated BPTT) to maximise the *shaped* return the inner agents reach over their lifetimes.
 One outer update = N lifetimes run in lockstep: the N inner agents are independent learners whose
 parameters are stacked on a leading agent dimension.
-
-    python metareward_advantage.py            # the paper's ML1 door-close experiment, advantage variant
-    python metareward_advantage.py --help     # every hyperparameter, with the paper's default
 """
 import copy
 import csv
@@ -48,7 +45,7 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
-    """if toggled, use CUDA when available (the workload is bound by CPU env stepping)"""
+    """if toggled, use CUDA (an error where it is not available; the workload is bound by CPU env stepping)"""
 
     # Environments (SPEC 1, 8)
     benchmark: Literal["ML1", "ML10"] = "ML1"
@@ -138,12 +135,6 @@ class Args:
     resume: Optional[str] = None
     """continue the run of this checkpoint (its settings; --num-outer-updates may extend it)"""
 
-    # Results
-    plot: Tuple[str, ...] = ()
-    """run folders (or their eval.csv) to compare instead of running: print the results and trace tables, draw --plot-file"""
-    plot_file: str = "results.png"
-    """the figure of --plot: success per episode per method, and the network's trace (needs matplotlib)"""
-
 
 class ConfigError(ValueError):
     """Bad input: reported as one line and a non-zero exit, before any work is done."""
@@ -185,11 +176,21 @@ def check_args(args):
     if args.num_workers > args.lifetimes_per_update:
         raise ConfigError(f"--num-workers {args.num_workers} exceeds --lifetimes-per-update "
                           f"{args.lifetimes_per_update}")
+    if args.cuda and not torch.cuda.is_available():
+        raise ConfigError(f"--cuda: CUDA is not available here (torch {torch.__version__}); drop --cuda to use the CPU")
+    float_ranges = (  # (flags, valid, what); NaN fails every comparison
+        ("meta_learning_rate learning_rate meta_std_scale reward_scale", lambda x: 0 < x < math.inf, "finite and > 0"),
+        ("meta_gamma", lambda x: 0 < x <= 1, "in (0, 1]"),  # the estimator divides by meta_gamma^episode
+        ("meta_nstep_decay", lambda x: 0 <= x <= 1, "in [0, 1]"),
+        ("meta_clip_coef clip_coef meta_max_grad_norm max_grad_norm meta_target_kl", lambda x: x > 0, "> 0"),
+        ("meta_ent_coef meta_vf_coef ent_coef", lambda x: 0 <= x < math.inf, "finite and >= 0"))
+    for names, valid, what in float_ranges:
+        for name in names.split():
+            if not valid(getattr(args, name)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Environments (SPEC 1, 8)
-# ---------------------------------------------------------------------------------------------
+# ---- Environments (SPEC 1, 8) ---------------------------------------------------------------
 def make_benchmark(args, seed=None):
     """The MetaWorld benchmark object; its seed (default --seed) fixes the train/test goal positions."""
     seed = args.seed if seed is None else seed
@@ -261,9 +262,7 @@ def sparse_reward(success, k, solved, episode_len):
     return r, solved
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
+# ---- Networks -------------------------------------------------------------------------------
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -276,8 +275,7 @@ class StackedMLP(nn.Module):
 
     def __init__(self, n, sizes, out_gain, generators=None):
         super().__init__()
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             gain = out_gain if i == len(sizes) - 2 else np.sqrt(2)
             w = torch.empty(n, fan_out, fan_in)
@@ -405,9 +403,7 @@ class MetaNet(nn.Module):
         return mean, std, mlp(self.critic, h).squeeze(-1), (h[None], c[None])
 
 
-# ---------------------------------------------------------------------------------------------
-# Inner loop: N independent actor-only PPO learners at once (SPEC 2, 5)
-# ---------------------------------------------------------------------------------------------
+# ---- Inner loop: N independent actor-only PPO learners at once (SPEC 2, 5) ------------------
 def clip_grad_norm_per_agent_(params, max_norm):
     """torch.nn.utils.clip_grad_norm_ for each agent's slice (the leading dim) separately."""
     norms = sum(p.grad.pow(2).flatten(1).sum(1) for p in params).sqrt()  # (N,), summed in the same order for any N
@@ -445,9 +441,7 @@ def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, perm
             optimizer.step()
 
 
-# ---------------------------------------------------------------------------------------------
-# Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes
-# ---------------------------------------------------------------------------------------------
+# ---- Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes -------------------------
 class Timer:
     """Accumulates wall-clock seconds per named part of an outer update."""
 
@@ -625,16 +619,13 @@ class Lifetimes:
             proc.join()
 
 
-# ---------------------------------------------------------------------------------------------
-# Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4)
-# ---------------------------------------------------------------------------------------------
+# ---- Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4) -
 class ShapedRewardNormalizer:
     """Running mean of each task class's per-step shaped reward; r~ = r / (mean + 1e-7) * scale."""
 
     def __init__(self, class_names, scale):
         self.scale = scale
-        self.count = {c: 0 for c in class_names}
-        self.mean = {c: 0.0 for c in class_names}
+        self.count, self.mean = {c: 0 for c in class_names}, {c: 0.0 for c in class_names}
 
     def update(self, shaped, class_names):
         for c in set(class_names):
@@ -745,13 +736,10 @@ def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation (SPEC 6)
-# ---------------------------------------------------------------------------------------------
+# ---- Evaluation (SPEC 6) --------------------------------------------------------------------
 def episode_success(success, episode_len):
     """(N, steps) per-step success flags -> (N, episodes): 1 where the episode succeeded at some step."""
-    n, steps = success.shape
-    return success.view(n, steps // episode_len, episode_len).amax(-1)
+    return success.view(len(success), -1, episode_len).amax(-1)
 
 
 def success_columns(args):
@@ -811,25 +799,17 @@ def table_row(rows, columns):
     spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
     spans["deterministic"] = slice(e, e + 1)
     per_seed = seed_means(rows, columns)
+    if len(per_seed) > 1:
+        return {name: (per_seed[:, s].mean(), per_seed[:, s].mean(1).std(ddof=1)) for name, s in spans.items()}
     values = np.array([[float(r[c]) for c in columns] for r in rows])
-    out = {}
-    for name, span in spans.items():
-        if len(per_seed) > 1:
-            out[name] = (per_seed[:, span].mean(), per_seed[:, span].mean(1).std(ddof=1))
-        else:
-            v = values[:, span].mean(1)
-            out[name] = (v.mean(), v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
-    return out
-
-
-def error_name(rows):
-    seeds = len({str(r["seed"]) for r in rows})
-    return f"std over {seeds} seeds" if seeds > 1 else "standard error over lifetimes"
+    v = {name: values[:, s].mean(1) for name, s in spans.items()}  # per lifetime
+    return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0) for name, x in v.items()}
 
 
 def print_eval_table(rows, columns, label):
-    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks "
-          f"(mean +- {error_name(rows)})")
+    seeds = len({str(r["seed"]) for r in rows})
+    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks (mean +- "
+          f"{f'std over {seeds} seeds' if seeds > 1 else 'standard error over lifetimes'})")
     print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
     print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
 
@@ -885,119 +865,7 @@ def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net):
     return rows
 
 
-# ---------------------------------------------------------------------------------------------
-# Results: the table and figure of several evaluations (--plot)
-# ---------------------------------------------------------------------------------------------
-def load_results(paths):
-    """The rows of each run folder's eval.csv (or of the eval.csv files given), and the first
-    TRACE_FILE found beside them (None if there is none)."""
-    rows, trace = [], None
-    for path in paths:
-        file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
-        if not (os.path.isfile(file) and file.endswith(".csv")):
-            raise ConfigError(f"--plot: no eval.csv at {path}")
-        with open(file, newline="") as f:
-            rows += list(csv.DictReader(f))
-        trace_file = os.path.join(os.path.dirname(file), TRACE_FILE)
-        if trace is None and os.path.isfile(trace_file):
-            with open(trace_file, newline="") as f:
-                trace = list(csv.DictReader(f))
-    return rows, trace
-
-
-def results_table(rows):
-    """Markdown: one line per method (eval.csv's inner_reward), mean +- std over its evaluation seeds."""
-    columns = [c for c in rows[0] if c.startswith("success_")]
-    methods = list(dict.fromkeys(r["inner_reward"] for r in rows))
-    lines = []
-    for method in methods:
-        selected = [r for r in rows if r["inner_reward"] == method]
-        cells = table_row(selected, columns)
-        if not lines:
-            lines = ["| method | seeds | lifetimes | " + " | ".join(cells) + " |", "|---" * (len(cells) + 3) + "|"]
-        lines.append(f"| {method} | {len({str(r['seed']) for r in selected})} | {len(selected)} | "
-                     + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
-    return lines
-
-
-def trace_signal(trace):
-    """The name of the trace's column that holds the network's signal."""
-    return [c for c in trace[0] if c not in ("step", "episode", "shaped_reward", "sparse_reward", "success")][0]
-
-
-def trace_table(trace):
-    """Markdown: what the network signals over the traced lifetime, episode by episode, next to the
-    shaped reward the agent never sees: its mean before and from the first success on, and the
-    within-episode correlation of the two."""
-    signal = trace_signal(trace)
-    lines = [f"| episode | solved | mean {signal} | before first success | from first success | "
-             f"mean shaped reward | corr({signal}, shaped) |", "|---" * 7 + "|"]
-    for episode in dict.fromkeys(r["episode"] for r in trace):
-        x, y, solved = (np.array([float(r[c]) for r in trace if r["episode"] == episode])
-                        for c in (signal, "shaped_reward", "success"))
-        first = int(np.argmax(solved > 0)) if (solved > 0).any() else len(x)
-        corr = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else float("nan")
-        cells = [x.mean(), x[:first].mean() if first else None, x[first:].mean() if first < len(x) else None]
-        lines.append(f"| {episode} | {'yes' if first < len(x) else 'no'} | "
-                     + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + f" | {y.mean():.2f} | {corr:.2f} |")
-    return lines
-
-
-def plot_results(rows, trace, path):
-    """Left: success per episode index (and the deterministic point) per method, mean +- std over
-    seeds. Right: the network's signal over the trace's last episode next to the shaped reward."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("--plot draws with matplotlib, which is not installed: pip install matplotlib") from None
-    columns = [c for c in rows[0] if c.startswith("success_")]
-    fig, axes = plt.subplots(1, 2 if trace else 1, figsize=(12 if trace else 6, 4), squeeze=False)
-    ax = axes[0, 0]
-    for method in dict.fromkeys(r["inner_reward"] for r in rows):
-        per_seed = seed_means([r for r in rows if r["inner_reward"] == method], columns)
-        std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(len(columns))
-        ax.errorbar(np.arange(1, len(columns) + 1), per_seed.mean(0), yerr=std, capsize=3, marker="o",
-                    label=f"{method} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
-    ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
-    ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title="test tasks")
-    ax.legend()
-    if trace:
-        signal = trace_signal(trace)
-        last = [r for r in trace if r["episode"] == trace[-1]["episode"]]
-        k = np.arange(len(last))
-        ax = axes[0, 1]
-        ax.plot(k, [float(r[signal]) for r in last], color="tab:blue", label=signal)
-        ax.set(xlabel=f"step of episode {last[0]['episode']}", ylabel=signal, title="one evaluation episode")
-        twin = ax.twinx()
-        twin.plot(k, [float(r["shaped_reward"]) for r in last], color="tab:orange", label="shaped reward")
-        twin.set_ylabel("shaped reward (not seen by the agent)")
-        solved = [i for i, r in enumerate(last) if float(r["success"]) > 0]
-        if solved:
-            ax.axvline(solved[0], color="gray", linestyle=":", label="first success")
-        ax.legend(loc="upper left")
-        twin.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def show_results(args):
-    """--plot: the results table of the given evaluations, the trace table, and the figure."""
-    rows, trace = load_results(args.plot)
-    if not rows:
-        raise ConfigError("--plot: the eval.csv files hold no rows")
-    print("\n".join(results_table(rows)))
-    if trace:
-        print("\n" + "\n".join(trace_table(trace)))
-    plot_results(rows, trace, args.plot_file)
-    print(f"wrote {args.plot_file}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
+# ---- Checkpoints ----------------------------------------------------------------------------
 SCRIPT = "metareward_advantage"
 VALIDATION_SEED_OFFSET = 10_000  # the validation goals come from the benchmark built with seed + this
 
@@ -1031,8 +899,7 @@ def meta_net_from(ckpt, path, device="cpu"):
     try:
         meta_net.load_state_dict(ckpt["meta_net"])
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"{path} does not fit this script's network: {reason}")
+        raise CheckpointError(f"{path} does not fit this script's network: {str(e).strip().splitlines()[-1].strip()}")
     return meta_net
 
 
@@ -1055,9 +922,7 @@ def set_rng_states(states, task_rng):
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
 
 
-# ---------------------------------------------------------------------------------------------
-# Meta-training (Algorithm 1) and main
-# ---------------------------------------------------------------------------------------------
+# ---- Meta-training (Algorithm 1) and main ---------------------------------------------------
 def update_metrics(batch, returns, args):
     """What one outer update logs about its lifetimes (success per episode index, shaped return)."""
     n, L = batch["shaped"].shape
@@ -1100,6 +965,12 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
         write_csv(progress, [r for r in read_csv(progress) if int(r["update"]) <= ckpt["update"]], fieldnames)
 
     steps_per_outer = args.lifetimes_per_update * args.lifetime_steps
+    try:  # the rows as TensorBoard scalars too (`tensorboard --logdir runs`) when tensorboard is installed
+        from torch.utils.tensorboard import SummaryWriter
+        tb_writer = SummaryWriter(run_dir, purge_step=first_update * steps_per_outer if ckpt else None)
+    except ImportError:
+        tb_writer = None
+        print("tensorboard is not installed: progress.csv only (pip install tensorboard for live curves)")
     start_time = time.time()
     episodes = args.lifetime_steps // args.max_episode_steps
     last4 = [f"success_ep{e:02d}" for e in range(max(1, episodes - 3), episodes + 1)]
@@ -1147,6 +1018,10 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
         else:
             with open(progress, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=fieldnames).writerow(row)
+        if tb_writer:  # the same row: scalars over global_step
+            for tag in [k for k in row if "/" in k and row[k] != ""]:
+                tb_writer.add_scalar(tag, row[tag], row["global_step"])
+            tb_writer.flush()
         if update % args.save_every == 0 or update == args.num_outer_updates:
             save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=asdict(args), update=update,
                             meta_net=meta_net.state_dict(), optimizer=optimizer.state_dict(),
@@ -1158,6 +1033,8 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
         print(f"update {update}/{args.num_outer_updates} | SPS {row['charts/SPS']:.0f} | success last 4 eps "
               f"{np.mean([row[f'charts/{c}'] for c in last4]):.2f} | shaped return {row['charts/shaped_return']:.1f} | "
               f"kl {stats['approx_kl']:.4f}{val} | ETA {eta / 3600:.1f} h", flush=True)
+    if tb_writer:
+        tb_writer.close()
     return meta_net
 
 
@@ -1167,8 +1044,8 @@ def main(args):
         ckpt = load_checkpoint(args.resume)
         if "optimizer" not in ckpt:
             raise CheckpointError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
-        try:
-            saved = Args(**ckpt["args"])
+        try:  # older checkpoints also hold --plot's settings (now tools/plot_results.py)
+            saved = Args(**{k: v for k, v in ckpt["args"].items() if k not in ("plot", "plot_file")})
         except TypeError as e:
             raise CheckpointError(f"{args.resume} has settings this script does not know: {e}")
         args = replace(saved, resume=args.resume, num_workers=args.num_workers, cuda=args.cuda,
@@ -1176,8 +1053,6 @@ def main(args):
     elif args.eval_checkpoint:
         ckpt = load_checkpoint(args.eval_checkpoint)
     check_args(args)
-    if args.plot:
-        return show_results(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -4,10 +4,13 @@ Tests marked with `m` run for both scripts (m = the module); the rest are about 
 import copy
 import csv
 import dataclasses
+import glob
+import importlib.util
 import math
 import os
 import subprocess
 import sys
+import typing
 
 import metaworld
 import numpy as np
@@ -19,6 +22,10 @@ import metareward as mr
 import metareward_advantage as ma
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PLOT_TOOL = os.path.join(HERE, "tools", "plot_results.py")
+_spec = importlib.util.spec_from_file_location("plot_results", PLOT_TOOL)
+pr = importlib.util.module_from_spec(_spec)  # tools/plot_results.py: the cross-run table and figure
+_spec.loader.exec_module(pr)
 
 # A lifetime of 6 episodes of 10 steps, inner updates after steps 20 and 40 (the paper's shape, shrunk).
 TINY = dict(max_episode_steps=10, steps_per_update=20, lifetime_steps=60, lifetimes_per_update=3,
@@ -395,6 +402,14 @@ def read_csv(path):
 TIMING = ("charts/SPS", "charts/seconds_per_update")
 
 
+def tensorboard_scalars(run_dir):
+    """tag -> the scalar events of the run folder's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
 def untimed(rows):
     return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
 
@@ -410,6 +425,12 @@ def test_end_to_end_tiny_run(m, tmp_path, monkeypatch):
         succ = [float(r[f"charts/success_ep{i:02d}"]) for i in range(1, 7)]
         assert all(0.0 <= s <= 1.0 for s in succ)
         assert np.isfinite([float(r[k]) for k in ("losses/value_loss", "losses/policy_loss", "charts/SPS")]).all()
+    # the same rows as TensorBoard scalars in the run folder: the CSV's tags, over global_step
+    events = tensorboard_scalars(run_dir)
+    assert set(events) == {k for k in rows[0] if "/" in k}
+    for tag in ("charts/SPS", "charts/success_ep06", "losses/value_loss", "time/outer_ppo", "val/success_det"):
+        assert [s.step for s in events[tag]] == [int(r["global_step"]) for r in rows]
+        assert [s.value for s in events[tag]] == pytest.approx([float(r[tag]) for r in rows], rel=1e-6)
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert ckpt["script"] == m.SCRIPT and ckpt["update"] == 2
     net = m.load_meta_net(os.path.join(run_dir, "checkpoint.pt"))
@@ -474,7 +495,6 @@ def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
     (["--lifetimes-per-update", "51"], "needs 51 distinct tasks per class, but the benchmark has only 50"),
     (["--meta-nsteps", "6000"], "horizon 6000 must lie in"),
     (["--eval-seeds", "2", "2"], "--eval-seeds repeats a seed: 2 2"),
-    (["--plot", "no_such_run"], "--plot: no eval.csv at no_such_run"),
 ])
 @both
 def test_bad_input_exits_with_one_line(m, argv, message, capsys, tmp_path, monkeypatch):
@@ -485,6 +505,47 @@ def test_bad_input_exits_with_one_line(m, argv, message, capsys, tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: ") and message in err
     assert not os.path.exists("runs")  # nothing was started
+
+
+# bad values of every float setting: (flag, values); the advantage script has no inner critic
+BAD_FLOATS = {"meta_learning_rate": ("-1", "0", "nan", "inf"), "learning_rate": ("-1", "0", "nan", "inf"),
+              "meta_std_scale": ("-1", "0", "inf"), "reward_scale": ("0", "-1e-4", "nan"),
+              "meta_gamma": ("1.5", "0", "nan"), "gamma": ("1.5", "-0.1"), "gae_lambda": ("1.01", "nan"),
+              "meta_nstep_decay": ("-0.5", "1.5"), "meta_clip_coef": ("-0.2", "0"), "clip_coef": ("0", "nan"),
+              "meta_max_grad_norm": ("-1", "0"), "max_grad_norm": ("0",), "meta_target_kl": ("0", "-0.01"),
+              "meta_ent_coef": ("-0.001", "nan"), "meta_vf_coef": ("-1", "inf"), "ent_coef": ("-1", "inf"),
+              "vf_coef": ("-0.5",)}
+
+
+def float_settings(m):
+    return [name for name, t in typing.get_type_hints(m.Args).items() if float in (t, *typing.get_args(t))]
+
+
+@pytest.mark.parametrize("m, flag, value", [
+    pytest.param(m, flag, value, id=f"{m.SCRIPT}--{flag}={value}")
+    for m in (mr, ma) for flag in float_settings(m) for value in BAD_FLOATS[flag]])
+def test_bad_float_setting_exits_with_one_line(m, flag, value, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", lambda *a: pytest.fail(f"--{flag} {value} passed check_args"))
+    with pytest.raises(SystemExit) as exc:
+        m.cli([f"--{flag.replace('_', '-')}", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: --{flag.replace('_', '-')} must be ")
+    assert not os.path.exists("runs")
+
+
+@both
+def test_float_settings_have_ranges_and_accept_their_bounds(m, monkeypatch):
+    assert set(float_settings(m)) <= set(BAD_FLOATS)  # every float flag is tested above
+    bounds = dict(meta_gamma=1.0, meta_nstep_decay=0.0, meta_ent_coef=0.0, ent_coef=0.0, meta_vf_coef=0.0,
+                  meta_target_kl=math.inf, meta_max_grad_norm=math.inf, max_grad_norm=math.inf)
+    if m is mr:
+        bounds.update(gamma=0.0, gae_lambda=1.0, vf_coef=0.0)
+    tiny_args(m, **bounds)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(m.ConfigError, match="--cuda: CUDA is not available here"):
+        tiny_args(m, cuda=True)
 
 
 @pytest.mark.parametrize("script", ["metareward.py", "metareward_advantage.py"])
@@ -555,13 +616,12 @@ def fake_eval_rows(method, seed_values):
             for seed, lifetimes in seed_values.items() for eps, det in lifetimes]
 
 
-@both
-def test_results_table_and_figure(m, tmp_path, monkeypatch):
+def test_results_table_and_figure(tmp_path, monkeypatch):
     ones, zeros = [1] * 12, [0] * 12
     half = [0] * 8 + [1] * 4  # solves episodes 9-12 only
     rows = (fake_eval_rows("intrinsic", {1: [(ones, 1.0), (half, 0.5)], 2: [(half, 1.0), (half, 0.0)]})
             + fake_eval_rows("sparse", {1: [(zeros, 0.0), (half, 0.0)]}))
-    table = m.results_table(rows)
+    table = pr.results_table(rows)
     assert table[0] == "| method | seeds | lifetimes | eps 1-4 | eps 5-8 | eps 9-12 | deterministic |"
     # intrinsic: seed means of eps 1-4 are 0.5 and 0, of eps 9-12 both 1, of det 0.75 and 0.5
     std = np.std([0.5, 0.0], ddof=1)
@@ -570,24 +630,22 @@ def test_results_table_and_figure(m, tmp_path, monkeypatch):
     # one seed: the error is the standard error over lifetimes
     assert table[3] == "| sparse | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | 0.50 +- 0.50 | 0.00 +- 0.00 |"
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # matplotlib is optional: a clear error without it
-    with pytest.raises(m.ConfigError, match="pip install matplotlib"):
-        m.plot_results(rows, None, str(tmp_path / "r.png"))
+    with pytest.raises(pr.ConfigError, match="pip install matplotlib"):
+        pr.plot_results(rows, None, str(tmp_path / "r.png"))
     monkeypatch.undo()
-    pytest.importorskip("matplotlib")
-    m.plot_results(rows, None, str(tmp_path / "r.png"))
+    pr.plot_results(rows, None, str(tmp_path / "r.png"))  # the tests install matplotlib (README)
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@both
-def test_trace_table(m):
-    """--plot's table of what the network signals: per episode, value by value against a direct computation."""
-    signal = {mr: "intrinsic_reward", ma: "meta_advantage"}[m]
+@pytest.mark.parametrize("signal", ["intrinsic_reward", "meta_advantage"])  # each script's trace
+def test_trace_table(signal):
+    """The tool's table of what the network signals: per episode, value by value against a direct computation."""
     x = [0.1, 0.2, 0.3, 0.4, -1.0, 1.0, 2.0, 4.0]  # two episodes of 4 steps
     y = [0.0, 1.0, 2.0, 3.0, 0.5, 0.5, 9.0, 9.0]
     solved = [0, 0, 0, 0, 0, 0, 1, 1]  # episode 2 is solved from its third step on
     trace = [{"step": str(t), "episode": str(t // 4 + 1), signal: str(x[t]), "shaped_reward": str(y[t]),
               "sparse_reward": "0.0", "success": str(float(solved[t]))} for t in range(8)]
-    table = m.trace_table(trace)
+    table = pr.trace_table(trace)
     assert table[0].startswith(f"| episode | solved | mean {signal} | before first success |")
     assert table[2] == "| 1 | no | 0.2500 | 0.2500 | - | 1.50 | 1.00 |"
     assert table[3] == f"| 2 | yes | 1.5000 | 0.0000 | 3.0000 | 4.75 | {np.corrcoef(x[4:], y[4:])[0, 1]:.2f} |"
@@ -626,12 +684,35 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
     assert not os.path.exists(os.path.join(eval_dir, "progress.csv"))  # no meta-training
     best_dir = m.main(tiny_args(m, seed=3, eval_checkpoint=os.path.join(run_dir, "meta_net_best.pt"), exp_name="b"))
     check_eval_dir(best_dir, 4, mode)
-    # --plot reads the runs back and prints the table (then needs matplotlib for the figure)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(m.ConfigError, match="pip install matplotlib"):
-        m.main(m.Args(plot=(run_dir,), plot_file=str(tmp_path / "r.png")))
-    out = capsys.readouterr().out
+    # tools/plot_results.py reads the run folder back: the results and trace tables, then the figure
+    capsys.readouterr()
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as exc:
+        patch.setitem(sys.modules, "matplotlib", None)
+        pr.main([run_dir, "--plot-file", str(tmp_path / "r.png")])
+    out, err = capsys.readouterr()
     assert f"| {mode} | 2 | 8 |" in out and f"| episode | solved | mean {signal} |" in out  # results, trace tables
+    assert exc.value.code == 2 and err.strip().count("\n") == 0 and "pip install matplotlib" in err
+    pr.main([run_dir, "--plot-file", str(tmp_path / "r.png")])
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_tool_gives_the_readme_results(tmp_path):
+    """The README's results and trace tables are what tools/plot_results.py prints from results/door-close-v3."""
+    runs = sorted(glob.glob(os.path.join(HERE, "results", "door-close-v3", "*", "")))
+    proc = subprocess.run([sys.executable, PLOT_TOOL, *runs, "--plot-file", str(tmp_path / "r.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    lines = proc.stdout.splitlines()
+    printed = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in lines}  # method -> cells
+    readme = open(os.path.join(HERE, "README.md")).read().splitlines()
+    for label, method in [("intrinsic rewards", "intrinsic"), ("PPO shaped", "shaped"), ("PPO sparse", "sparse")]:
+        cells = next(line for line in readme if line.startswith(f"| {label} ")).replace("**", "").split(" | ")
+        seeds, lifetimes = map(int, cells[1].split(" x "))
+        assert printed[method][1:] == [str(seeds), str(seeds * lifetimes)] + cells[2:6]
+    trace = [line for line in lines if line.startswith("| ") and line.split(" | ")[1] in ("yes", "no")]
+    assert len(trace) == 12 and all(line in readme for line in trace)
+    proc = subprocess.run([sys.executable, PLOT_TOOL, "no_such_run"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: no eval.csv at no_such_run"
 
 
 def test_both_baselines_run_the_same_evaluation(tmp_path, monkeypatch):
@@ -661,9 +742,15 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(m, tmp_path, monkeypat
     monkeypatch.setattr(m, "outer_ppo_update", real_update)
     crashed = next(d for d in (tmp_path / "runs").iterdir() if "crashed" in d.name)
     assert len(read_csv(crashed / "progress.csv")) == 3  # update 3 was logged after the last checkpoint (2)
+    ckpt = torch.load(crashed / "checkpoint.pt", weights_only=True)  # as written before --plot moved to tools/
+    torch.save({**ckpt, "args": {**ckpt["args"], "plot": (), "plot_file": "results.png"}}, crashed / "checkpoint.pt")
     resumed = m.main(m.Args(resume=str(crashed / "checkpoint.pt")))
     assert resumed == str(crashed)
     assert untimed(read_csv(os.path.join(straight, "progress.csv"))) == untimed(read_csv(crashed / "progress.csv"))
+    # TensorBoard: the resumed run's events replace those logged after the checkpoint
+    loss = [(s.step, s.value) for s in tensorboard_scalars(crashed)["losses/value_loss"]]
+    assert loss == [(int(r["global_step"]), pytest.approx(float(r["losses/value_loss"]), rel=1e-6))
+                    for r in read_csv(crashed / "progress.csv")]
     a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True) for d in (straight, crashed))
     assert a["update"] == b["update"] == 4
     assert all(torch.equal(a["meta_net"][k], b["meta_net"][k]) for k in a["meta_net"])
@@ -671,14 +758,17 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(m, tmp_path, monkeypat
 
 
 @both
-def test_same_seed_same_csv_other_seed_differs(m, tmp_path, monkeypatch):
+def test_same_seed_same_csv_other_seed_differs(m, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # tensorboard is optional
     runs = [m.main(tiny_args(m, seed=s, exp_name=f"r{i}", num_outer_updates=1, eval_tasks=1, eval_repeats=1))
             for i, s in enumerate((5, 5, 6))]
     progress = [untimed(read_csv(os.path.join(r, "progress.csv"))) for r in runs]
     evals = [read_csv(os.path.join(r, "eval.csv")) for r in runs]
     assert progress[0] == progress[1] and evals[0] == evals[1]
     assert progress[0] != progress[2]
+    assert "tensorboard is not installed" in capsys.readouterr().out
+    assert not any("tfevents" in f for r in runs for f in os.listdir(r))
 
 
 @pytest.fixture(scope="module")

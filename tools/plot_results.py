@@ -1,0 +1,167 @@
+"""Compare finished evaluations of metareward.py and metareward_advantage.py from their run folders' CSVs.
+
+Prints the results table (markdown: one row per method, mean +- std over its evaluation seeds, or the
+standard error over lifetimes for one seed), the table of what the network signals per episode of its
+traced lifetime, and draws --plot-file: success per episode index per method, and the signal over
+one evaluation episode next to the shaped reward.
+
+    python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
+
+Needs numpy only; the figure needs matplotlib (pip install matplotlib). Bad input: one line, exit 2.
+"""
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+
+# per step of the first evaluation lifetime, beside eval.csv: metareward.py's, metareward_advantage.py's
+TRACE_FILES = ("reward_trace.csv", "advantage_trace.csv")
+
+
+class ConfigError(ValueError):
+    """Bad input: reported as one line and exit status 2."""
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_results(paths):
+    """The rows of each run folder's eval.csv (or of the eval.csv files given), and the first trace
+    file found beside them (None if there is none)."""
+    rows, trace = [], None
+    for path in paths:
+        file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
+        if not (os.path.isfile(file) and file.endswith(".csv")):
+            raise ConfigError(f"no eval.csv at {path}")
+        rows += read_csv(file)
+        for name in TRACE_FILES:
+            trace_file = os.path.join(os.path.dirname(file), name)
+            if trace is None and os.path.isfile(trace_file):
+                trace = read_csv(trace_file)
+    return rows, trace
+
+
+def seed_means(rows, columns):
+    """(seeds, columns): each evaluation seed's mean over its lifetimes (rows of eval.csv)."""
+    seeds = sorted({str(r["seed"]) for r in rows})
+    return np.array([np.mean([[float(r[c]) for c in columns] for r in rows if str(r["seed"]) == s], 0)
+                     for s in seeds])
+
+
+def table_row(rows, columns):
+    """The paper's table columns (episodes 1-4, 5-8, 9-12 and the deterministic point) -> (mean, error):
+    with several seeds the error is the std over seeds of their means, else the standard error over lifetimes."""
+    e = len(columns) - 1
+    spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
+    spans["deterministic"] = slice(e, e + 1)
+    per_seed = seed_means(rows, columns)
+    if len(per_seed) > 1:
+        return {name: (per_seed[:, s].mean(), per_seed[:, s].mean(1).std(ddof=1)) for name, s in spans.items()}
+    values = np.array([[float(r[c]) for c in columns] for r in rows])
+    v = {name: values[:, s].mean(1) for name, s in spans.items()}  # per lifetime
+    return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0) for name, x in v.items()}
+
+
+def results_table(rows):
+    """Markdown: one line per method (eval.csv's inner_reward), mean +- std over its evaluation seeds."""
+    columns = [c for c in rows[0] if c.startswith("success_")]
+    lines = []
+    for method in dict.fromkeys(r["inner_reward"] for r in rows):
+        selected = [r for r in rows if r["inner_reward"] == method]
+        cells = table_row(selected, columns)
+        if not lines:
+            lines = ["| method | seeds | lifetimes | " + " | ".join(cells) + " |", "|---" * (len(cells) + 3) + "|"]
+        lines.append(f"| {method} | {len({str(r['seed']) for r in selected})} | {len(selected)} | "
+                     + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
+    return lines
+
+
+def trace_signal(trace):
+    """The name of the trace's column that holds the network's signal."""
+    return [c for c in trace[0] if c not in ("step", "episode", "shaped_reward", "sparse_reward", "success")][0]
+
+
+def trace_table(trace):
+    """Markdown: what the network signals over the traced lifetime, episode by episode, next to the
+    shaped reward the agent never sees: its mean before and from the first success on, and the
+    within-episode correlation of the two."""
+    signal = trace_signal(trace)
+    lines = [f"| episode | solved | mean {signal} | before first success | from first success | "
+             f"mean shaped reward | corr({signal}, shaped) |", "|---" * 7 + "|"]
+    for episode in dict.fromkeys(r["episode"] for r in trace):
+        x, y, solved = (np.array([float(r[c]) for r in trace if r["episode"] == episode])
+                        for c in (signal, "shaped_reward", "success"))
+        first = int(np.argmax(solved > 0)) if (solved > 0).any() else len(x)
+        corr = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else float("nan")
+        cells = [x.mean(), x[:first].mean() if first else None, x[first:].mean() if first < len(x) else None]
+        lines.append(f"| {episode} | {'yes' if first < len(x) else 'no'} | "
+                     + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + f" | {y.mean():.2f} | {corr:.2f} |")
+    return lines
+
+
+def plot_results(rows, trace, path):
+    """Left: success per episode index (and the deterministic point) per method, mean +- std over
+    seeds. Right: the network's signal over the trace's last episode next to the shaped reward."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("the figure needs matplotlib, which is not installed: pip install matplotlib") from None
+    columns = [c for c in rows[0] if c.startswith("success_")]
+    fig, axes = plt.subplots(1, 2 if trace else 1, figsize=(12 if trace else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    for method in dict.fromkeys(r["inner_reward"] for r in rows):
+        per_seed = seed_means([r for r in rows if r["inner_reward"] == method], columns)
+        std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(len(columns))
+        ax.errorbar(np.arange(1, len(columns) + 1), per_seed.mean(0), yerr=std, capsize=3, marker="o",
+                    label=f"{method} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
+    ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
+    ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title="test tasks")
+    ax.legend()
+    if trace:
+        signal = trace_signal(trace)
+        last = [r for r in trace if r["episode"] == trace[-1]["episode"]]
+        k = np.arange(len(last))
+        ax = axes[0, 1]
+        ax.plot(k, [float(r[signal]) for r in last], color="tab:blue", label=signal)
+        ax.set(xlabel=f"step of episode {last[0]['episode']}", ylabel=signal, title="one evaluation episode")
+        twin = ax.twinx()
+        twin.plot(k, [float(r["shaped_reward"]) for r in last], color="tab:orange", label="shaped reward")
+        twin.set_ylabel("shaped reward (not seen by the agent)")
+        solved = [i for i, r in enumerate(last) if float(r["success"]) > 0]
+        if solved:
+            ax.axvline(solved[0], color="gray", linestyle=":", label="first success")
+        ax.legend(loc="upper left")
+        twin.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Compare finished evaluations: results table, trace table, figure.")
+    parser.add_argument("runs", nargs="+", help="run folders (or their eval.csv files); seeds of one method may "
+                                                "be spread over several folders")
+    parser.add_argument("--plot-file", default="results.png", help="the figure (needs matplotlib)")
+    args = parser.parse_args(argv)
+    try:
+        rows, trace = load_results(args.runs)
+        if not rows:
+            raise ConfigError("the eval.csv files hold no rows")
+        print("\n".join(results_table(rows)))
+        if trace:
+            print("\n" + "\n".join(trace_table(trace)))
+        plot_results(rows, trace, args.plot_file)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {args.plot_file}")
+
+
+if __name__ == "__main__":
+    main()
