@@ -163,9 +163,12 @@ def check_args(args):
         raise ConfigError(f"unknown --env-name {args.env_name!r}; valid: {', '.join(metaworld.ML1.ENV_NAMES)}")
     for name in ("max_episode_steps", "lifetime_steps", "steps_per_update", "lifetimes_per_update",
                  "num_outer_updates", "tbptt_len", "num_workers", "update_epochs", "num_minibatches",
-                 "meta_update_epochs", "save_every", "eval_repeats", "val_tasks"):
+                 "meta_update_epochs", "save_every", "eval_repeats", "eval_deterministic_episodes"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.val_every < 0 or (args.val_every and args.val_tasks < 1):
+        raise ConfigError(f"--val-every must be at least 0 and --val-tasks at least 1 when validating, got "
+                          f"{args.val_every} and {args.val_tasks}")
     if args.lifetime_steps % args.steps_per_update:
         raise ConfigError(f"--lifetime-steps {args.lifetime_steps} is not a multiple of "
                           f"--steps-per-update {args.steps_per_update}")

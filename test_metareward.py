@@ -457,6 +457,17 @@ def test_bad_input_exits_with_one_line(m, argv, message, capsys, tmp_path, monke
     assert not os.path.exists("runs")  # nothing was started
 
 
+@both
+def test_deterministic_episodes_are_required_and_validation_tasks_only_when_validating(m):
+    """(Checked on check_args directly: through the command line, a missing check would start a full run.)"""
+    m.check_args(m.Args(val_every=0, val_tasks=0))
+    for bad, message in [(dict(eval_deterministic_episodes=0), "--eval-deterministic-episodes must be at least 1"),
+                         (dict(val_every=-1), "--val-every must be at least 0"),
+                         (dict(val_tasks=0), "--val-tasks at least 1 when validating")]:
+        with pytest.raises(m.ConfigError, match=message):
+            m.check_args(m.Args(**bad))
+
+
 @pytest.mark.parametrize("script", ["metareward.py", "metareward_advantage.py"])
 def test_bad_input_from_the_command_line(script):
     proc = subprocess.run([sys.executable, os.path.join(HERE, script), "--env-name", "nope"],
