@@ -660,12 +660,12 @@ def evaluate(envs, tasks, meta_net, args, device, repeats, seed=None):
     for start in range(0, len(lifetimes), args.lifetimes_per_update):
         chunk = lifetimes[start:start + args.lifetimes_per_update]
         batch = run_lifetimes(envs, [tasks[i] for i, _ in chunk], meta_net, args, device, Timer(), evaluation=True)
-        for (i, rep), s in zip(chunk, episode_success(batch["success"], args.max_episode_steps).tolist()):
+        for (i, rep), s in zip(chunk, episode_success(batch["success"], args.max_episode_steps).cpu().tolist()):
             row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": args.seed if seed is None else seed}
             row.update(zip(success_columns(args), s[:episodes] + [float(np.mean(s[episodes:]))]))
             rows.append(row)
         if first is None:
-            first = {k: v[0] for k, v in batch.items()}
+            first = {k: v[0].cpu() for k, v in batch.items()}  # to numpy later (write_trace): off the GPU
     return rows, first
 
 

@@ -6,8 +6,10 @@ import csv
 import dataclasses
 import math
 import os
+import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import metaworld
 import numpy as np
@@ -514,6 +516,31 @@ def test_evaluation_uses_mean_signal_and_deterministic_episodes(m):
 class FakeTask:
     def __init__(self, name):
         self.env_name = name
+
+
+class OnDevice(torch.Tensor):
+    """Stands in for a CUDA tensor on this CPU-only machine: torch ops keep it "on the device",
+    numpy refuses it (as it refuses a CUDA tensor), .cpu() brings it back."""
+
+    def cpu(self):
+        return self.as_subclass(torch.Tensor)
+
+    def numpy(self, *a, **kw):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+@both
+def test_evaluation_record_leaves_the_device(m, tmp_path, monkeypatch):
+    """--cuda: evaluate returns CPU tensors, so that run_evaluation's trace (numpy) follows eval.csv."""
+    real = m.run_lifetimes
+    monkeypatch.setattr(m, "run_lifetimes", lambda *a, **kw: {k: v.as_subclass(OnDevice) for k, v in real(*a, **kw).items()})
+    args = tiny_args(m, eval_repeats=1)
+    tasks = [FakeTask("t0"), FakeTask("t1")]
+    rows, first = m.evaluate(FakeEnvs(2, 0), tasks, m.MetaNet(), args, torch.device("cpu"), 1)
+    assert len(rows) == 2 and all(type(v) is torch.Tensor and v.device.type == "cpu" for v in first.values())
+    benchmark = SimpleNamespace(test_classes={"t0": None, "t1": None}, test_tasks=tasks)
+    m.run_evaluation(args, str(tmp_path), benchmark, FakeEnvs(2, 0), m.MetaNet(), torch.device("cpu"))
+    assert len(read_csv(tmp_path / m.TRACE_FILE)) == args.lifetime_steps
 
 
 def test_summary_statistics():
