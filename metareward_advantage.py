@@ -17,6 +17,7 @@ import csv
 import math
 import multiprocessing as mp
 import os
+import pickle
 import random
 import sys
 import time
@@ -208,6 +209,32 @@ def sample_tasks(classes, tasks, n, rng):
                           f"benchmark has only {min(len(v) for v in by_class.values())}")
     perms = {c: rng.permutation(len(by_class[c])) if rng else np.arange(len(by_class[c])) for c in names}
     return [by_class[names[i % len(names)]][perms[names[i % len(names)]][i // len(names)]] for i in range(n)]
+
+
+def task_goal(task):
+    """What makes a task one goal: its class and its goal/object positions (MetaWorld's rand_vec)."""
+    return task.env_name, pickle.loads(task.data)["rand_vec"].tobytes()
+
+
+def evaluation_tasks(args, benchmark):
+    """The tasks of the final evaluation: the first --eval-tasks of --eval-split, class by class in turn."""
+    classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
+                      else (benchmark.train_classes, benchmark.train_tasks))
+    return sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
+
+
+def check_unseen_goals(args, benchmark, trained):
+    """Refuse to evaluate a network on a goal it was meta-trained on (SPEC 6, 7.6). trained: the
+    settings (benchmark, env_name, seed) of the network's meta-training; benchmark: the evaluation's,
+    built with that seed."""
+    classes = lambda a: (a["benchmark"], a["env_name"] if a["benchmark"] == "ML1" else None)
+    trained_on = benchmark if classes(trained) == classes(asdict(args)) else make_benchmark(
+        replace(args, benchmark=trained["benchmark"], env_name=trained["env_name"]), trained["seed"])
+    seen = {task_goal(task) for task in trained_on.train_tasks}
+    overlap = sum(task_goal(task) in seen for task in evaluation_tasks(args, benchmark))
+    if overlap:
+        raise ConfigError(f"{overlap} of the evaluation's {args.eval_split} tasks are goals the network was "
+                          f"meta-trained on (seed {trained['seed']}): evaluate it on held-out goals")
 
 
 def make_env(env_cls, task, max_episode_steps):
@@ -747,11 +774,10 @@ def write_trace(path, record, args):
 def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
     """The paper's table row for the learned advantages: evaluate on the held-out split, write the CSVs.
     Each evaluation seed reseeds torch (fresh agents, their sampling), so its rows depend only on the
-    network and that seed, not on what ran before; the tasks are the benchmark's (--seed) for every
-    seed. The CSVs are rewritten after each seed: a stopped evaluation keeps its finished seeds."""
-    classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
-                      else (benchmark.train_classes, benchmark.train_tasks))
-    tasks = sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
+    network and that seed, not on what ran before; the tasks are the benchmark's (built with the
+    network's meta-training seed) for every seed. The CSVs are rewritten after each seed: a stopped
+    evaluation keeps its finished seeds."""
+    tasks = evaluation_tasks(args, benchmark)
     rows, first = [], None
     for seed in args.eval_seeds or (args.seed,):
         torch.manual_seed(seed)
@@ -1065,15 +1091,18 @@ def main(args):
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    benchmark = make_benchmark(args)
+    trained = ckpt["args"] if args.eval_checkpoint else asdict(args)  # the network's meta-training settings
+    benchmark = make_benchmark(args, trained["seed"])  # an evaluated network's goals: those of its own seed
     sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, None)  # enough tasks?
+    check_unseen_goals(args, benchmark, trained)
     mode = "eval" if args.eval_checkpoint else "meta"
     task_name = args.env_name if args.benchmark == "ML1" else "ML10"
     run_dir = (os.path.dirname(args.resume) if args.resume else
                os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
     meta_net = meta_net_from(ckpt, args.eval_checkpoint, device) if args.eval_checkpoint else None
     envs = LockstepEnvs({**benchmark.train_classes, **benchmark.test_classes}, args.max_episode_steps, args.num_workers)
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {run_dir}\nevaluation tasks: the {args.eval_split} split of the benchmark built with seed "
+          f"{trained['seed']}")
     try:
         if not args.eval_checkpoint:
             meta_net = meta_train(args, run_dir, benchmark, envs, device, ckpt)

@@ -38,19 +38,32 @@ def tiny_args(m=mr, **kw):
     return args
 
 
+def tiny_argv(**kw):
+    """TINY (updated with kw) as command-line words."""
+    return [word for k, v in {**TINY, **kw}.items()
+            for word in [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, tuple) else [v])]]
+
+
 _real_make_benchmark, _benchmarks = mr.make_benchmark, {}
+
+
+def cached_make_benchmark(args, seed=None):
+    """make_benchmark, building each MetaWorld benchmark (seconds of env resets) once per test session."""
+    key = (args.benchmark, args.env_name, args.seed if seed is None else seed)
+    if key not in _benchmarks:
+        _benchmarks[key] = _real_make_benchmark(args, seed)
+    return _benchmarks[key]
 
 
 @pytest.fixture(autouse=True)
 def cached_benchmarks(monkeypatch):
-    """Build each MetaWorld benchmark (seconds of env resets) once per test session."""
-    def make_benchmark(args, seed=None):
-        key = (args.benchmark, args.env_name, args.seed if seed is None else seed)
-        if key not in _benchmarks:
-            _benchmarks[key] = _real_make_benchmark(args, seed)
-        return _benchmarks[key]
-    monkeypatch.setattr(mr, "make_benchmark", make_benchmark)
-    monkeypatch.setattr(ma, "make_benchmark", make_benchmark)
+    monkeypatch.setattr(mr, "make_benchmark", cached_make_benchmark)
+    monkeypatch.setattr(ma, "make_benchmark", cached_make_benchmark)
+
+
+def goals(tasks):
+    """Each task's class and goal/object positions (MetaWorld's rand_vec), read directly from the task."""
+    return [(t.env_name, pickle.loads(t.data)["rand_vec"].tobytes()) for t in tasks]
 
 
 @pytest.fixture(scope="module")
@@ -437,6 +450,111 @@ def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
     assert all(t in ml10.train_tasks for t in tasks)
 
 
+@both
+def test_ml1_meta_batch_has_distinct_train_goals(m, ml1):
+    for n in (30, 50):
+        tasks = m.sample_tasks(ml1.train_classes, ml1.train_tasks, n, np.random.default_rng(0))
+        assert len(set(goals(tasks))) == n and set(goals(tasks)) <= set(goals(ml1.train_tasks))
+
+
+@pytest.fixture(scope="module", params=[mr, ma], ids=["reward", "advantage"])
+def spied_run(request, tmp_path_factory):
+    """A tiny meta-training run (2 outer updates, validation after each, then the evaluation), with what
+    meta_train handed the estimator and the outer PPO, and the tasks and first record of each evaluate call."""
+    m = request.param
+    seen = dict(estimator=[], outer=[], evaluate=[], phase="meta-training")
+    real = {f: getattr(m, f) for f in ("meta_advantages", "outer_ppo_update", "evaluate", "run_evaluation")}
+
+    def meta_advantages(rewards, values, *a):
+        seen["estimator"].append((rewards.clone(), values.clone()))
+        return real["meta_advantages"](rewards, values, *a)
+
+    def outer_ppo_update(net, opt, batch, *a):
+        seen["outer"].append({k: v.clone() for k, v in batch.items()})
+        return real["outer_ppo_update"](net, opt, batch, *a)
+
+    def evaluate(envs, tasks, *a, **kw):
+        rows, first = real["evaluate"](envs, tasks, *a, **kw)
+        seen["evaluate"].append((seen["phase"], list(tasks), first))
+        return rows, first
+
+    def run_evaluation(*a, **kw):
+        seen["phase"] = "evaluation"
+        return real["run_evaluation"](*a, **kw)
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("spied"))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(m, "make_benchmark", cached_make_benchmark)
+            for f in (meta_advantages, outer_ppo_update, evaluate, run_evaluation):
+                patch.setattr(m, f.__name__, f)
+            args = tiny_args(m, num_outer_updates=2, val_every=1, val_tasks=2, eval_tasks=3, eval_repeats=1)
+            m.main(args)
+    finally:
+        os.chdir(cwd)
+    return m, args, seen
+
+
+def test_outer_objective_is_the_running_normalised_shaped_reward(spied_run):
+    """The estimator's rewards are the batch's shaped reward (never the sparse one) over the running mean
+    of every shaped reward seen so far, this batch's included, times 1e-4 (one class: door-close)."""
+    m, args, seen = spied_run
+    assert len(seen["estimator"]) == len(seen["outer"]) == 2
+    so_far = []
+    for (rewards, values), batch in zip(seen["estimator"], seen["outer"]):
+        so_far += batch["shaped"].flatten().double().tolist()
+        mean = sum(so_far) / len(so_far)
+        torch.testing.assert_close(rewards, batch["shaped"] / (mean + 1e-7) * args.reward_scale)
+        assert torch.equal(values, batch["meta_values"])
+        assert not torch.allclose(batch["sparse"], batch["shaped"])  # the two are told apart
+
+
+def test_evaluation_on_test_goals_and_validation_on_fresh_goals(spied_run):
+    """The final evaluation runs on test goals, none a train goal; validation on goals of neither split."""
+    m, args, seen = spied_run
+    benchmark = cached_make_benchmark(args)
+    train, test = set(goals(benchmark.train_tasks)), set(goals(benchmark.test_tasks))
+    validation = [goals(tasks) for phase, tasks, _ in seen["evaluate"] if phase == "meta-training"]
+    final = [g for phase, tasks, _ in seen["evaluate"] if phase == "evaluation" for g in goals(tasks)]
+    assert len(validation) == 2 and validation[0] == validation[1] and len(set(validation[0])) == args.val_tasks
+    assert not set(validation[0]) & (train | test)
+    assert len(set(final)) == args.eval_tasks and set(final) <= test and not set(final) & train
+
+
+def test_goal_position_is_zero_in_what_agents_and_network_see(spied_run):
+    """Observations (the agents' input, and the first 39 numbers of the network's) have the goal
+    position, obs[36:39], zeroed, in training, validation and evaluation lifetimes."""
+    m, args, seen = spied_run
+    records = [b["meta_inputs"] for b in seen["outer"]] + [first["meta_inputs"] for _, _, first in seen["evaluate"]]
+    assert len(records) == 2 + 2 + 1
+    for x in records:
+        assert torch.all(x[..., 36:39] == 0)
+        assert torch.all(x[..., 0:3].abs().sum(-1) > 0)  # the hand position is there
+
+
+@both
+def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoints, tmp_path, monkeypatch, capsys):
+    """The saved network was meta-trained with seed 1. In MetaWorld 3.1.1 ML1(seed=0)'s test goals are
+    ML1(seed=1)'s train goals: evaluated with --seed 0, it must still get seed 1's test goals; and an
+    evaluation on its training goals is refused with one line, before any work."""
+    monkeypatch.chdir(tmp_path)
+    path = saved_checkpoints[m]
+    one, zero = (cached_make_benchmark(tiny_args(m), seed) for seed in (1, 0))
+    assert goals(zero.test_tasks) == goals(one.train_tasks)  # the trap
+    seen, real = [], m.evaluate
+    monkeypatch.setattr(m, "evaluate", lambda envs, tasks, *a, **kw: seen.append(list(tasks)) or real(envs, tasks, *a, **kw))
+    m.main(tiny_args(m, seed=0, eval_checkpoint=path, eval_repeats=1))
+    assert [goals(tasks) for tasks in seen] == [goals(one.test_tasks[:2])]
+    assert "the test split of the benchmark built with seed 1" in capsys.readouterr().out
+    runs = sorted(os.listdir("runs"))
+    for argv in (tiny_argv(eval_checkpoint=path, eval_split="train"), tiny_argv(eval_split="train")):  # saved, to train
+        with pytest.raises(SystemExit) as exc:
+            m.cli(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and "\n" not in err and "goals the network was meta-trained on (seed 1)" in err
+        assert sorted(os.listdir("runs")) == runs
+
 # 7. Bad input -------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
     (["--env-name", "door-shut-v3"], "unknown --env-name 'door-shut-v3'; valid: assembly-v3"),
@@ -693,9 +811,11 @@ def saved_checkpoints(tmp_path_factory):
     cwd, folder, paths = os.getcwd(), tmp_path_factory.mktemp("ckpt"), {}
     os.chdir(folder)
     try:
-        for m in (mr, ma):
-            paths[m] = os.path.join(folder, m.main(tiny_args(m, num_outer_updates=1, eval_tasks=1, eval_repeats=1)),
-                                    "checkpoint.pt")
+        with pytest.MonkeyPatch.context() as patch:
+            for m in (mr, ma):
+                patch.setattr(m, "make_benchmark", cached_make_benchmark)
+                paths[m] = os.path.join(folder, m.main(tiny_args(m, num_outer_updates=1, eval_tasks=1,
+                                                                 eval_repeats=1)), "checkpoint.pt")
     finally:
         os.chdir(cwd)
     return paths
@@ -750,8 +870,7 @@ def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(m, tmp
 
     monkeypatch.setattr(m, "meta_advantages", nan_in_update_2)
     with pytest.raises(SystemExit) as exc:
-        m.cli([word for k, v in {**TINY, "num_outer_updates": 3}.items()
-               for word in [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, tuple) else [v])]])
+        m.cli(tiny_argv(num_outer_updates=3))
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "\n" not in err and "update 2: non-finite outer loss" in err
     run_dir = next((tmp_path / "runs").iterdir())
