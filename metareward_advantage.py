@@ -623,7 +623,7 @@ def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
     adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalised over the whole batch
     stats = dict(policy_loss=[], value_loss=[], entropy=[], old_approx_kl=[], approx_kl=[], clipfrac=[])
     for epoch in range(args.meta_update_epochs):
-        offset = int(torch.randint(1, args.tbptt_len + 1, ()))
+        offset = int(torch.randint(1, args.tbptt_len + 1, ()))  # torch's CPU generator: restored by --resume
         state = meta_net.initial_state(n, x.device)
         kl_sum, kl_count = 0.0, 0
         for a, b in tbptt_chunks(L, args.tbptt_len, offset):

@@ -115,6 +115,18 @@ def test_sparse_reward_hand_made_sequences(m):
     assert torch.count_nonzero(r) == 2
 
 
+@both
+def test_sparse_bonus_at_the_papers_episode_length(m):
+    """T = 500: first success at k = 0, 100, 499 pays 1, 0.86, 0.3014; never solved: -0.2 at k = 499."""
+    rows = [[0] * 500 for _ in range(4)]
+    for row, k in zip(rows, (0, 100, 499)):
+        row[k:] = [1] * (500 - k)
+    r = sparse_sequence(rows, 500, m)
+    assert [r[i].sum().item() for i in range(4)] == pytest.approx([1.0, 0.86, 0.3014, -0.2], abs=1e-6)
+    assert r[0, 0] == pytest.approx(1.0) and r[1, 100] == pytest.approx(0.86) and r[2, 499] == pytest.approx(0.3014)
+    assert torch.count_nonzero(r) == 4
+
+
 class FakeEnvs:
     """Stands in for LockstepEnvs with random observations and frequent successes."""
 
@@ -284,6 +296,176 @@ def test_outer_update_changes_network_and_zero_lr_keeps_ratios_one(tiny_rollout)
     assert np.isfinite(list(stats.values())).all()
     changed = [not torch.equal(p, q) for p, q in zip(net.parameters(), meta_net.parameters())]
     assert all(changed)
+
+
+class GradRecorder:
+    """Stands in for the outer optimizer: records each step's gradients and never moves a parameter,
+    so every TBPTT chunk's loss is evaluated at the same network."""
+
+    def __init__(self, params):
+        self.params, self.grads = list(params), []
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        self.grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in self.params])
+
+
+def hand_made_batch(m, args, n=2, perturb=0.0, seed=0):
+    """A tiny outer batch: random inputs, r^i sampled from a fresh network's own N(mean, std), the
+    rollout's log-probs (shifted by up to +-perturb, so that ratios differ from 1 and some clip),
+    advantages on other scales per lifetime and in the last block, random value targets."""
+    torch.manual_seed(seed)
+    net = m.MetaNet(args.meta_std_scale)
+    g = torch.Generator().manual_seed(seed + 1)
+    L = args.lifetime_steps
+    x = torch.randn(n, L, m.META_INPUT_DIM, generator=g)
+    with torch.no_grad():
+        mean, std, _, _ = net(x, net.initial_state(n))
+    r = mean + std * torch.randn(n, L, generator=g)
+    logp = torch.distributions.Normal(mean, std).log_prob(r) + perturb * (2 * torch.rand(n, L, generator=g) - 1)
+    adv = torch.randn(n, L, generator=g) * torch.tensor([[1.0], [3.0]])[:n] + torch.tensor([[1.0], [-1.0]])[:n]
+    adv[:, L - args.steps_per_update:] += 10.0  # the last block: feeds no inner update, outside the policy loss
+    ret = torch.randn(n, L, generator=g)
+    return net, dict(meta_inputs=x, meta_actions=r, meta_logprobs=logp), adv, ret
+
+
+def spy_chunks(m, monkeypatch):
+    """Record the TBPTT chunks of every epoch of outer_ppo_update (one list per epoch)."""
+    calls, real = [], m.tbptt_chunks
+    monkeypatch.setattr(m, "tbptt_chunks", lambda *a: calls.append(real(*a)) or calls[-1])
+    return calls
+
+
+def reference_outer_losses(net, batch, advantages, returns, chunks, args):
+    """SPEC 4's outer PPO loss of each TBPTT chunk, step by step: the clipped surrogate on the advantages
+    normalised over the whole batch's policy window (the steps before the last inner update), minus
+    ent_coef x the Gaussian entropy there, plus vf_coef x 0.5 x the squared value error at every step."""
+    x, r, old = batch["meta_inputs"], batch["meta_actions"], batch["meta_logprobs"]
+    n, L = r.shape
+    P, c = L - args.steps_per_update, args.meta_clip_coef
+    window = [advantages[i, t].item() for i in range(n) for t in range(P)]
+    mu = sum(window) / len(window)
+    sd = math.sqrt(sum((a - mu) ** 2 for a in window) / (len(window) - 1))
+    losses = []
+    for a, b in chunks:
+        with torch.no_grad():  # the hidden state at the chunk's start, detached
+            state = net(x[:, :a], net.initial_state(n))[3] if a else net.initial_state(n)
+        mean, std, value, _ = net(x[:, a:b], state)
+        pg, entropy, v_loss = [], [], []
+        for i in range(n):
+            for t in range(a, b):
+                j = t - a
+                v_loss.append(0.5 * (value[i, j] - returns[i, t]) ** 2)
+                if t < P:
+                    logp = (-(r[i, t] - mean[i, j]) ** 2 / (2 * std[i, j] ** 2) - torch.log(std[i, j])
+                            - 0.5 * math.log(2 * math.pi))
+                    ratio = torch.exp(logp - old[i, t])
+                    A = (advantages[i, t].item() - mu) / (sd + 1e-8)
+                    pg.append(-torch.min(ratio * A, torch.clamp(ratio, 1 - c, 1 + c) * A))
+                    entropy.append(0.5 + 0.5 * math.log(2 * math.pi) + torch.log(std[i, j]))
+        loss = args.meta_vf_coef * sum(v_loss) / len(v_loss)
+        if pg:
+            loss = loss + sum(pg) / len(pg) - args.meta_ent_coef * sum(entropy) / len(entropy)
+        losses.append((loss, sum(pg) / len(pg) if pg else None, sum(v_loss) / len(v_loss)))
+    return losses
+
+
+@both
+def test_outer_ppo_loss_matches_direct_computation(m, monkeypatch):
+    """Every chunk's gradient is that of the loss written out step by step (reference_outer_losses)."""
+    args = dataclasses.replace(tiny_args(m), meta_update_epochs=2, meta_ent_coef=0.05, meta_vf_coef=0.7,
+                               meta_max_grad_norm=1e9, meta_target_kl=math.inf)
+    net, batch, adv, ret = hand_made_batch(m, args, perturb=0.3)
+    calls = spy_chunks(m, monkeypatch)
+    opt = GradRecorder(net.parameters())
+    stats = m.outer_ppo_update(net, opt, batch, adv, ret, args)
+    chunks = [c for epoch in calls for c in epoch]
+    assert stats["epochs"] == len(calls) == 2 and len(opt.grads) == len(chunks)  # one optimizer step per chunk
+    assert stats["clipfrac"] > 0.1  # the batch exercises the clip
+    reference = reference_outer_losses(net, batch, adv, ret, chunks, args)
+    params = list(net.parameters())
+    for (a, b), grads, (loss, _, _) in zip(chunks, opt.grads, reference):
+        want = torch.autograd.grad(loss, params, allow_unused=True)
+        for got, w in zip(grads, want):
+            torch.testing.assert_close(got, torch.zeros_like(got) if w is None else w, atol=1e-6, rtol=1e-4,
+                                       msg=lambda e: f"chunk [{a}, {b}): {e}")
+    assert stats["policy_loss"] == pytest.approx(np.mean([pg.item() for _, pg, _ in reference if pg is not None]),
+                                                 rel=1e-4)
+    assert stats["value_loss"] == pytest.approx(np.mean([v.item() for _, _, v in reference]), rel=1e-4)
+
+
+@both
+def test_outer_ppo_step_raises_the_log_prob_where_the_advantage_is_positive(m):
+    """One outer update (the real Adam, 1 epoch): the sampled r^i of a step with a positive advantage
+    becomes more likely, that of a step with a negative one less likely."""
+    args = dataclasses.replace(tiny_args(m), meta_update_epochs=1)
+    net, batch, _, ret = hand_made_batch(m, args)
+    adv = torch.zeros_like(ret)
+    adv[0, 10], adv[1, 25] = 1.0, -1.0  # both in the policy window (steps 0-39)
+    before = batch["meta_logprobs"]
+    m.outer_ppo_update(net, torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5), batch, adv, ret, args)
+    with torch.no_grad():
+        mean, std, _, _ = net(batch["meta_inputs"], net.initial_state(2))
+    change = torch.distributions.Normal(mean, std).log_prob(batch["meta_actions"]) - before
+    assert change[0, 10] > 0.005 and change[1, 25] < -0.005
+
+
+@both
+def test_outer_kl_early_stop_ends_the_epochs(m, monkeypatch):
+    """The epochs stop after the first whose approximate KL over the policy window exceeds --meta-target-kl."""
+    args = dataclasses.replace(tiny_args(m), meta_update_epochs=4)
+    net, batch, adv, ret = hand_made_batch(m, args, perturb=0.3)
+    P = args.lifetime_steps - args.steps_per_update
+    with torch.no_grad():
+        mean, std, _, _ = net(batch["meta_inputs"], net.initial_state(2))
+    logratio = (torch.distributions.Normal(mean, std).log_prob(batch["meta_actions"]) - batch["meta_logprobs"])[:, :P]
+    kl = ((logratio.exp() - 1) - logratio).mean().item()  # every epoch's, as the parameters never move
+    assert kl > 0.005
+    for target, epochs in ((kl * 0.99, 1), (kl * 1.01, 4)):
+        calls = spy_chunks(m, monkeypatch)
+        opt = GradRecorder(net.parameters())
+        stats = m.outer_ppo_update(net, opt, batch, adv, ret, dataclasses.replace(args, meta_target_kl=target))
+        assert stats["epochs"] == len(calls) == epochs and len(opt.grads) == sum(map(len, calls))
+        assert stats["approx_kl"] == pytest.approx(kl, rel=0.2)
+
+
+@both
+def test_tbptt_offsets_are_drawn_per_epoch_from_torchs_cpu_generator(m, monkeypatch):
+    """Each epoch draws its first-chunk length d in [1, tbptt_len] from torch's CPU generator, whose
+    state the checkpoint saves: the same state gives the same offsets (exact --resume, also with --cuda)."""
+    args = dataclasses.replace(tiny_args(m), meta_update_epochs=6, meta_target_kl=math.inf)
+    net, batch, adv, ret = hand_made_batch(m, args)
+    state, offsets = torch.get_rng_state(), []
+    for _ in range(2):
+        torch.set_rng_state(state)
+        calls = spy_chunks(m, monkeypatch)
+        m.outer_ppo_update(net, GradRecorder(net.parameters()), batch, adv, ret, args)
+        offsets.append([epoch[0][1] for epoch in calls])
+    assert offsets[0] == offsets[1] and len(offsets[0]) == 6
+    assert all(1 <= d <= args.tbptt_len for d in offsets[0]) and len(set(offsets[0])) > 1
+
+
+@both
+def test_normaliser_is_the_running_class_mean_of_the_shaped_reward(m):
+    """r~ = r / (mean of every per-step shaped reward of the class seen so far + 1e-7) * scale."""
+    g = torch.Generator().manual_seed(0)
+    first, second = torch.rand(3, 8, generator=g) * 5, torch.rand(2, 8, generator=g) * 2
+    norm = m.ShapedRewardNormalizer(["a", "b", "c"], 1e-4)
+    norm.update(first, ["a", "b", "a"])
+    norm.update(second, ["b", "a"])
+    seen = {"a": first[0].tolist() + first[2].tolist() + second[1].tolist(), "b": first[1].tolist() + second[0].tolist()}
+    for c in "ab":
+        assert norm.mean[c] == pytest.approx(sum(seen[c]) / len(seen[c]), rel=1e-9)
+    out = norm(second, ["b", "a"])
+    for i, c in enumerate("ba"):
+        for t in range(8):
+            assert out[i, t].item() == pytest.approx(second[i, t].item() / (sum(seen[c]) / len(seen[c]) + 1e-7) * 1e-4,
+                                                     rel=1e-6)
+    norm.update(torch.zeros(1, 8), ["c"])  # a class whose shaped reward is 0 so far: finite
+    torch.testing.assert_close(norm(torch.ones(1, 8), ["c"]), torch.full((1, 8), 1e-4 / 1e-7))
 
 
 # 5. Independent inner agents ------------------------------------------------------------------
