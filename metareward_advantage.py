@@ -123,7 +123,7 @@ class Args:
     eval_repeats: int = 10
     """lifetimes per evaluation task"""
     eval_seeds: Tuple[int, ...] = ()
-    """evaluation seeds (default: --seed); the table is mean +- std over them (paper: 3 network, 5 baselines)"""
+    """evaluation seeds (default: --seed) of this one network or baseline: the table is mean +- std over them. The paper's +- for the network is over 3 separately meta-trained networks: evaluate each with its own seed and give --plot their run folders"""
     eval_deterministic_episodes: int = 4
     """episodes of the deterministic final policy after each evaluation lifetime"""
     val_every: int = 25
@@ -738,7 +738,7 @@ def table_row(rows, columns):
 
 def error_name(rows):
     seeds = len({str(r["seed"]) for r in rows})
-    return f"std over {seeds} seeds" if seeds > 1 else "standard error over lifetimes"
+    return f"std over {seeds} evaluation seeds" if seeds > 1 else "standard error over lifetimes"
 
 
 def print_eval_table(rows, columns, label):
@@ -798,14 +798,20 @@ def run_evaluation(args, run_dir, benchmark, envs, meta_net, device):
 # ---------------------------------------------------------------------------------------------
 def load_results(paths):
     """The rows of each run folder's eval.csv (or of the eval.csv files given), and the first
-    TRACE_FILE found beside them (None if there is none)."""
-    rows, trace = [], None
+    TRACE_FILE found beside them (None if there is none). The error bars are over evaluation seeds,
+    so one method's seed may come from one file only (several networks: evaluate each with its own seed)."""
+    rows, trace, source = [], None, {}
     for path in paths:
         file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
         if not (os.path.isfile(file) and file.endswith(".csv")):
             raise ConfigError(f"--plot: no eval.csv at {path}")
         with open(file, newline="") as f:
-            rows += list(csv.DictReader(f))
+            new = list(csv.DictReader(f))
+        for key in dict.fromkeys((r["inner_reward"], r["seed"]) for r in new):
+            if source.setdefault(key, file) != file:
+                raise ConfigError(f"--plot: {source[key]} and {file} both hold {key[0]} rows of evaluation seed "
+                                  f"{key[1]}; evaluate each network (or each part of an evaluation) with its own seeds")
+        rows += new
         trace_file = os.path.join(os.path.dirname(file), TRACE_FILE)
         if trace is None and os.path.isfile(trace_file):
             with open(trace_file, newline="") as f:

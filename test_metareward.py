@@ -885,6 +885,19 @@ def test_results_table_and_figure(m, tmp_path, monkeypatch):
 
 
 @both
+def test_plot_takes_each_seed_of_a_method_from_one_file(m, tmp_path):
+    """--plot's error bars are over the seed column: one method's seed in two files (two networks
+    evaluated with the same seed, or a repeated evaluation) is refused, not merged as one seed."""
+    for folder, seed in (("a", 1), ("b", 1), ("c", 2)):
+        (tmp_path / folder).mkdir()
+        m.write_csv(str(tmp_path / folder / "eval.csv"), fake_eval_rows("intrinsic", {seed: [([1] * 12, 1.0)]}))
+    with pytest.raises(m.ConfigError, match="both hold intrinsic rows of evaluation seed 1"):
+        m.load_results([str(tmp_path / "a"), str(tmp_path / "b")])
+    rows, _ = m.load_results([str(tmp_path / "a"), str(tmp_path / "c")])
+    assert m.results_table(rows)[2].startswith("| intrinsic | 2 | 2 |")
+
+
+@both
 def test_trace_table(m):
     """--plot's table of what the network signals: per episode, value by value against a direct computation."""
     signal = {mr: "intrinsic_reward", ma: "meta_advantage"}[m]
@@ -922,7 +935,7 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
     assert len(trace) == 60
     assert set(trace[0]) == {"step", "episode", signal, "shaped_reward", "sparse_reward", "success"}
     out = capsys.readouterr().out
-    assert f"corr({mode}, shaped)" in out and "deterministic" in out and "std over 2 seeds" in out
+    assert f"corr({mode}, shaped)" in out and "deterministic" in out and "std over 2 evaluation seeds" in out
     # the evaluation depends only on the network and the seeds: the final network, evaluated on its
     # own in a fresh set of envs, gives the training run's rows and trace again
     eval_dir = m.main(tiny_args(m, seed=3, eval_seeds=(3, 4), eval_checkpoint=os.path.join(run_dir, "checkpoint.pt"),
