@@ -14,6 +14,7 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import pickle
 import random
 import sys
 import time
@@ -127,7 +128,7 @@ class Args:
     eval_repeats: int = 10
     """lifetimes per evaluation task"""
     eval_seeds: Tuple[int, ...] = ()
-    """evaluation seeds (default: --seed); the table is mean +- std over them (paper: 3 network, 5 baselines)"""
+    """evaluation seeds (default: --seed) of this one network or baseline: the table is mean +- std over them. The paper's +- for the network is over 3 separately meta-trained networks: evaluate each with its own seed and give --plot their run folders"""
     eval_deterministic_episodes: int = 4
     """episodes of the deterministic final policy after each evaluation lifetime"""
     val_every: int = 25
@@ -156,9 +157,12 @@ def check_args(args):
         raise ConfigError(f"unknown --env-name {args.env_name!r}; valid: {', '.join(metaworld.ML1.ENV_NAMES)}")
     for name in ("max_episode_steps", "lifetime_steps", "steps_per_update", "lifetimes_per_update",
                  "num_outer_updates", "tbptt_len", "num_workers", "update_epochs", "num_minibatches",
-                 "meta_update_epochs", "save_every", "eval_repeats", "val_tasks"):
+                 "meta_update_epochs", "save_every", "eval_repeats", "eval_deterministic_episodes"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.val_every < 0 or (args.val_every and args.val_tasks < 1):
+        raise ConfigError(f"--val-every must be at least 0 and --val-tasks at least 1 when validating, got "
+                          f"{args.val_every} and {args.val_tasks}")
     if args.lifetime_steps % args.steps_per_update:
         raise ConfigError(f"--lifetime-steps {args.lifetime_steps} is not a multiple of "
                           f"--steps-per-update {args.steps_per_update}")
@@ -218,6 +222,34 @@ def sample_tasks(classes, tasks, n, rng):
                           f"benchmark has only {min(len(v) for v in by_class.values())}")
     perms = {c: rng.permutation(len(by_class[c])) if rng else np.arange(len(by_class[c])) for c in names}
     return [by_class[names[i % len(names)]][perms[names[i % len(names)]][i // len(names)]] for i in range(n)]
+
+
+def task_goal(task):
+    """What makes a task one goal: its class and its goal/object positions (MetaWorld's rand_vec)."""
+    return task.env_name, pickle.loads(task.data)["rand_vec"].tobytes()
+
+
+def evaluation_tasks(args, benchmark):
+    """The tasks of the final evaluation: the first --eval-tasks of --eval-split, class by class in turn."""
+    classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
+                      else (benchmark.train_classes, benchmark.train_tasks))
+    return sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
+
+
+def check_unseen_goals(args, benchmark, trained):
+    """Refuse to evaluate a network on a goal it was meta-trained on (SPEC 6, 7.6). trained: the
+    settings (benchmark, env_name, seed) of the network's meta-training; benchmark: the evaluation's,
+    built with that seed."""
+    if args.inner_reward != "intrinsic":
+        return  # the baselines have no network
+    classes = lambda a: (a["benchmark"], a["env_name"] if a["benchmark"] == "ML1" else None)
+    trained_on = benchmark if classes(trained) == classes(asdict(args)) else make_benchmark(
+        replace(args, benchmark=trained["benchmark"], env_name=trained["env_name"]), trained["seed"])
+    seen = {task_goal(task) for task in trained_on.train_tasks}
+    overlap = sum(task_goal(task) in seen for task in evaluation_tasks(args, benchmark))
+    if overlap:
+        raise ConfigError(f"{overlap} of the evaluation's {args.eval_split} tasks are goals the network was "
+                          f"meta-trained on (seed {trained['seed']}): evaluate it on held-out goals")
 
 
 def make_env(env_cls, task, max_episode_steps):
@@ -704,7 +736,7 @@ def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
     adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalised over the whole batch
     stats = dict(policy_loss=[], value_loss=[], entropy=[], old_approx_kl=[], approx_kl=[], clipfrac=[])
     for epoch in range(args.meta_update_epochs):
-        offset = int(torch.randint(1, args.tbptt_len + 1, ()))
+        offset = int(torch.randint(1, args.tbptt_len + 1, ()))  # torch's CPU generator: restored by --resume
         state = meta_net.initial_state(n, x.device)
         kl_sum, kl_count = 0.0, 0
         for a, b in tbptt_chunks(L, args.tbptt_len, offset):
@@ -818,7 +850,7 @@ def table_row(rows, columns):
 def print_eval_table(rows, columns, label):
     seeds = len({str(r["seed"]) for r in rows})
     print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks (mean +- "
-          f"{f'std over {seeds} seeds' if seeds > 1 else 'standard error over lifetimes'})")
+          f"{f'std over {seeds} evaluation seeds' if seeds > 1 else 'standard error over lifetimes'})")
     print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
     print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
 
@@ -856,11 +888,10 @@ def write_trace(path, record, args):
 def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net):
     """The paper's table row for args.inner_reward: evaluate on the held-out split, write the CSVs.
     Each lifetime's randomness comes from (evaluation seed, task, repeat), so the rows depend only on
-    the network and the seed, not on what ran before; the tasks are the benchmark's (--seed) for every
-    seed. The CSVs are rewritten after each seed: a stopped evaluation keeps its finished seeds."""
-    classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
-                      else (benchmark.train_classes, benchmark.train_tasks))
-    tasks = sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
+    the network and the seed, not on what ran before; the tasks are the benchmark's (built with the
+    network's meta-training seed) for every seed. The CSVs are rewritten after each seed: a stopped
+    evaluation keeps its finished seeds."""
+    tasks = evaluation_tasks(args, benchmark)
     rows, first = [], None
     for seed in args.eval_seeds or (args.seed,):
         seed_rows, record = evaluate(lifetimes, tasks, meta_net, args, args.eval_repeats, seed)
@@ -1069,15 +1100,18 @@ def main(args):
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    benchmark = make_benchmark(args)
+    trained = ckpt["args"] if args.eval_checkpoint else asdict(args)  # the network's meta-training settings
+    benchmark = make_benchmark(args, trained["seed"])  # an evaluated network's goals: those of its own seed
     sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, None)  # enough tasks?
+    check_unseen_goals(args, benchmark, trained)
     mode = "eval" if args.eval_checkpoint else {"intrinsic": "meta"}.get(args.inner_reward, args.inner_reward)
     task_name = args.env_name if args.benchmark == "ML1" else "ML10"
     run_dir = (os.path.dirname(args.resume) if args.resume else
                os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
     meta_net = meta_net_from(ckpt, args.eval_checkpoint, device) if args.eval_checkpoint else None
     lifetimes = Lifetimes({**benchmark.train_classes, **benchmark.test_classes}, args)
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {run_dir}\nevaluation tasks: the {args.eval_split} split of the benchmark built with seed "
+          f"{trained['seed']}")
     try:
         if args.inner_reward == "intrinsic" and not args.eval_checkpoint:
             meta_net = meta_train(args, run_dir, benchmark, lifetimes, device, ckpt)

@@ -8,9 +8,11 @@ import glob
 import importlib.util
 import math
 import os
+import pickle
 import subprocess
 import sys
 import typing
+from types import SimpleNamespace
 
 import metaworld
 import numpy as np
@@ -48,19 +50,32 @@ def tiny_args(m=mr, **kw):
     return args
 
 
+def tiny_argv(**kw):
+    """TINY (updated with kw) as command-line words."""
+    return [word for k, v in {**TINY, **kw}.items()
+            for word in [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, tuple) else [v])]]
+
+
 _real_make_benchmark, _benchmarks = mr.make_benchmark, {}
+
+
+def cached_make_benchmark(args, seed=None):
+    """make_benchmark, building each MetaWorld benchmark (seconds of env resets) once per test session."""
+    key = (args.benchmark, args.env_name, args.seed if seed is None else seed)
+    if key not in _benchmarks:
+        _benchmarks[key] = _real_make_benchmark(args, seed)
+    return _benchmarks[key]
 
 
 @pytest.fixture(autouse=True)
 def cached_benchmarks(monkeypatch):
-    """Build each MetaWorld benchmark (seconds of env resets) once per test session."""
-    def make_benchmark(args, seed=None):
-        key = (args.benchmark, args.env_name, args.seed if seed is None else seed)
-        if key not in _benchmarks:
-            _benchmarks[key] = _real_make_benchmark(args, seed)
-        return _benchmarks[key]
-    monkeypatch.setattr(mr, "make_benchmark", make_benchmark)
-    monkeypatch.setattr(ma, "make_benchmark", make_benchmark)
+    monkeypatch.setattr(mr, "make_benchmark", cached_make_benchmark)
+    monkeypatch.setattr(ma, "make_benchmark", cached_make_benchmark)
+
+
+def goals(tasks):
+    """Each task's class and goal/object positions (MetaWorld's rand_vec), read directly from the task."""
+    return [(t.env_name, pickle.loads(t.data)["rand_vec"].tobytes()) for t in tasks]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +124,18 @@ def test_sparse_reward_hand_made_sequences(m):
     r = sparse_sequence([[1] + [0] * 9 + [0, 0, 1, 1] + [0] * 6], T, m)
     assert r[0, 0] == pytest.approx(1.0) and r[0, 12] == pytest.approx(1 - 0.7 * 2 / T)
     assert torch.count_nonzero(r) == 2
+
+
+@both
+def test_sparse_bonus_at_the_papers_episode_length(m):
+    """T = 500: first success at k = 0, 100, 499 pays 1, 0.86, 0.3014; never solved: -0.2 at k = 499."""
+    rows = [[0] * 500 for _ in range(4)]
+    for row, k in zip(rows, (0, 100, 499)):
+        row[k:] = [1] * (500 - k)
+    r = sparse_sequence(rows, 500, m)
+    assert [r[i].sum().item() for i in range(4)] == pytest.approx([1.0, 0.86, 0.3014, -0.2], abs=1e-6)
+    assert r[0, 0] == pytest.approx(1.0) and r[1, 100] == pytest.approx(0.86) and r[2, 499] == pytest.approx(0.3014)
+    assert torch.count_nonzero(r) == 4
 
 
 class FakeEnvs:
@@ -282,6 +309,176 @@ def test_outer_update_changes_network_and_zero_lr_keeps_ratios_one(tiny_rollout)
     assert all(changed)
 
 
+class GradRecorder:
+    """Stands in for the outer optimizer: records each step's gradients and never moves a parameter,
+    so every TBPTT chunk's loss is evaluated at the same network."""
+
+    def __init__(self, params):
+        self.params, self.grads = list(params), []
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        self.grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in self.params])
+
+
+def hand_made_batch(m, args, n=2, perturb=0.0, seed=0):
+    """A tiny outer batch: random inputs, r^i sampled from a fresh network's own N(mean, std), the
+    rollout's log-probs (shifted by up to +-perturb, so that ratios differ from 1 and some clip),
+    advantages on other scales per lifetime and in the last block, random value targets."""
+    torch.manual_seed(seed)
+    net = m.MetaNet(args.meta_std_scale)
+    g = torch.Generator().manual_seed(seed + 1)
+    L = args.lifetime_steps
+    x = torch.randn(n, L, m.META_INPUT_DIM, generator=g)
+    with torch.no_grad():
+        mean, std, _, _ = net(x, net.initial_state(n))
+    r = mean + std * torch.randn(n, L, generator=g)
+    logp = torch.distributions.Normal(mean, std).log_prob(r) + perturb * (2 * torch.rand(n, L, generator=g) - 1)
+    adv = torch.randn(n, L, generator=g) * torch.tensor([[1.0], [3.0]])[:n] + torch.tensor([[1.0], [-1.0]])[:n]
+    adv[:, L - args.steps_per_update:] += 10.0  # the last block: feeds no inner update, outside the policy loss
+    ret = torch.randn(n, L, generator=g)
+    return net, dict(meta_inputs=x, meta_actions=r, meta_logprobs=logp), adv, ret
+
+
+def spy_chunks(m, monkeypatch):
+    """Record the TBPTT chunks of every epoch of outer_ppo_update (one list per epoch)."""
+    calls, real = [], m.tbptt_chunks
+    monkeypatch.setattr(m, "tbptt_chunks", lambda *a: calls.append(real(*a)) or calls[-1])
+    return calls
+
+
+def reference_outer_losses(net, batch, advantages, returns, chunks, args):
+    """SPEC 4's outer PPO loss of each TBPTT chunk, step by step: the clipped surrogate on the advantages
+    normalised over the whole batch's policy window (the steps before the last inner update), minus
+    ent_coef x the Gaussian entropy there, plus vf_coef x 0.5 x the squared value error at every step."""
+    x, r, old = batch["meta_inputs"], batch["meta_actions"], batch["meta_logprobs"]
+    n, L = r.shape
+    P, c = L - args.steps_per_update, args.meta_clip_coef
+    window = [advantages[i, t].item() for i in range(n) for t in range(P)]
+    mu = sum(window) / len(window)
+    sd = math.sqrt(sum((a - mu) ** 2 for a in window) / (len(window) - 1))
+    losses = []
+    for a, b in chunks:
+        with torch.no_grad():  # the hidden state at the chunk's start, detached
+            state = net(x[:, :a], net.initial_state(n))[3] if a else net.initial_state(n)
+        mean, std, value, _ = net(x[:, a:b], state)
+        pg, entropy, v_loss = [], [], []
+        for i in range(n):
+            for t in range(a, b):
+                j = t - a
+                v_loss.append(0.5 * (value[i, j] - returns[i, t]) ** 2)
+                if t < P:
+                    logp = (-(r[i, t] - mean[i, j]) ** 2 / (2 * std[i, j] ** 2) - torch.log(std[i, j])
+                            - 0.5 * math.log(2 * math.pi))
+                    ratio = torch.exp(logp - old[i, t])
+                    A = (advantages[i, t].item() - mu) / (sd + 1e-8)
+                    pg.append(-torch.min(ratio * A, torch.clamp(ratio, 1 - c, 1 + c) * A))
+                    entropy.append(0.5 + 0.5 * math.log(2 * math.pi) + torch.log(std[i, j]))
+        loss = args.meta_vf_coef * sum(v_loss) / len(v_loss)
+        if pg:
+            loss = loss + sum(pg) / len(pg) - args.meta_ent_coef * sum(entropy) / len(entropy)
+        losses.append((loss, sum(pg) / len(pg) if pg else None, sum(v_loss) / len(v_loss)))
+    return losses
+
+
+@both
+def test_outer_ppo_loss_matches_direct_computation(m, monkeypatch):
+    """Every chunk's gradient is that of the loss written out step by step (reference_outer_losses)."""
+    args = dataclasses.replace(tiny_args(m), meta_update_epochs=2, meta_ent_coef=0.05, meta_vf_coef=0.7,
+                               meta_max_grad_norm=1e9, meta_target_kl=math.inf)
+    net, batch, adv, ret = hand_made_batch(m, args, perturb=0.3)
+    calls = spy_chunks(m, monkeypatch)
+    opt = GradRecorder(net.parameters())
+    stats = m.outer_ppo_update(net, opt, batch, adv, ret, args)
+    chunks = [c for epoch in calls for c in epoch]
+    assert stats["epochs"] == len(calls) == 2 and len(opt.grads) == len(chunks)  # one optimizer step per chunk
+    assert stats["clipfrac"] > 0.1  # the batch exercises the clip
+    reference = reference_outer_losses(net, batch, adv, ret, chunks, args)
+    params = list(net.parameters())
+    for (a, b), grads, (loss, _, _) in zip(chunks, opt.grads, reference):
+        want = torch.autograd.grad(loss, params, allow_unused=True)
+        for got, w in zip(grads, want):
+            torch.testing.assert_close(got, torch.zeros_like(got) if w is None else w, atol=1e-6, rtol=1e-4,
+                                       msg=lambda e: f"chunk [{a}, {b}): {e}")
+    assert stats["policy_loss"] == pytest.approx(np.mean([pg.item() for _, pg, _ in reference if pg is not None]),
+                                                 rel=1e-4)
+    assert stats["value_loss"] == pytest.approx(np.mean([v.item() for _, _, v in reference]), rel=1e-4)
+
+
+@both
+def test_outer_ppo_step_raises_the_log_prob_where_the_advantage_is_positive(m):
+    """One outer update (the real Adam, 1 epoch): the sampled r^i of a step with a positive advantage
+    becomes more likely, that of a step with a negative one less likely."""
+    args = dataclasses.replace(tiny_args(m), meta_update_epochs=1)
+    net, batch, _, ret = hand_made_batch(m, args)
+    adv = torch.zeros_like(ret)
+    adv[0, 10], adv[1, 25] = 1.0, -1.0  # both in the policy window (steps 0-39)
+    before = batch["meta_logprobs"]
+    m.outer_ppo_update(net, torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5), batch, adv, ret, args)
+    with torch.no_grad():
+        mean, std, _, _ = net(batch["meta_inputs"], net.initial_state(2))
+    change = torch.distributions.Normal(mean, std).log_prob(batch["meta_actions"]) - before
+    assert change[0, 10] > 0.005 and change[1, 25] < -0.005
+
+
+@both
+def test_outer_kl_early_stop_ends_the_epochs(m, monkeypatch):
+    """The epochs stop after the first whose approximate KL over the policy window exceeds --meta-target-kl."""
+    args = dataclasses.replace(tiny_args(m), meta_update_epochs=4)
+    net, batch, adv, ret = hand_made_batch(m, args, perturb=0.3)
+    P = args.lifetime_steps - args.steps_per_update
+    with torch.no_grad():
+        mean, std, _, _ = net(batch["meta_inputs"], net.initial_state(2))
+    logratio = (torch.distributions.Normal(mean, std).log_prob(batch["meta_actions"]) - batch["meta_logprobs"])[:, :P]
+    kl = ((logratio.exp() - 1) - logratio).mean().item()  # every epoch's, as the parameters never move
+    assert kl > 0.005
+    for target, epochs in ((kl * 0.99, 1), (kl * 1.01, 4)):
+        calls = spy_chunks(m, monkeypatch)
+        opt = GradRecorder(net.parameters())
+        stats = m.outer_ppo_update(net, opt, batch, adv, ret, dataclasses.replace(args, meta_target_kl=target))
+        assert stats["epochs"] == len(calls) == epochs and len(opt.grads) == sum(map(len, calls))
+        assert stats["approx_kl"] == pytest.approx(kl, rel=0.2)
+
+
+@both
+def test_tbptt_offsets_are_drawn_per_epoch_from_torchs_cpu_generator(m, monkeypatch):
+    """Each epoch draws its first-chunk length d in [1, tbptt_len] from torch's CPU generator, whose
+    state the checkpoint saves: the same state gives the same offsets (exact --resume, also with --cuda)."""
+    args = dataclasses.replace(tiny_args(m), meta_update_epochs=6, meta_target_kl=math.inf)
+    net, batch, adv, ret = hand_made_batch(m, args)
+    state, offsets = torch.get_rng_state(), []
+    for _ in range(2):
+        torch.set_rng_state(state)
+        calls = spy_chunks(m, monkeypatch)
+        m.outer_ppo_update(net, GradRecorder(net.parameters()), batch, adv, ret, args)
+        offsets.append([epoch[0][1] for epoch in calls])
+    assert offsets[0] == offsets[1] and len(offsets[0]) == 6
+    assert all(1 <= d <= args.tbptt_len for d in offsets[0]) and len(set(offsets[0])) > 1
+
+
+@both
+def test_normaliser_is_the_running_class_mean_of_the_shaped_reward(m):
+    """r~ = r / (mean of every per-step shaped reward of the class seen so far + 1e-7) * scale."""
+    g = torch.Generator().manual_seed(0)
+    first, second = torch.rand(3, 8, generator=g) * 5, torch.rand(2, 8, generator=g) * 2
+    norm = m.ShapedRewardNormalizer(["a", "b", "c"], 1e-4)
+    norm.update(first, ["a", "b", "a"])
+    norm.update(second, ["b", "a"])
+    seen = {"a": first[0].tolist() + first[2].tolist() + second[1].tolist(), "b": first[1].tolist() + second[0].tolist()}
+    for c in "ab":
+        assert norm.mean[c] == pytest.approx(sum(seen[c]) / len(seen[c]), rel=1e-9)
+    out = norm(second, ["b", "a"])
+    for i, c in enumerate("ba"):
+        for t in range(8):
+            assert out[i, t].item() == pytest.approx(second[i, t].item() / (sum(seen[c]) / len(seen[c]) + 1e-7) * 1e-4,
+                                                     rel=1e-6)
+    norm.update(torch.zeros(1, 8), ["c"])  # a class whose shaped reward is 0 so far: finite
+    torch.testing.assert_close(norm(torch.ones(1, 8), ["c"]), torch.full((1, 8), 1e-4 / 1e-7))
+
+
 # 5. Independent inner agents ------------------------------------------------------------------
 def make_inner_batch(agents, n, b, seed):
     """(obs, actions, logprobs, advantages[, returns]): returns only for agents with a critic."""
@@ -437,7 +634,7 @@ def test_end_to_end_tiny_run(m, tmp_path, monkeypatch):
     torch.manual_seed(3)  # main() seeds, then builds the network before anything else draws
     initial = m.MetaNet()
     assert all(p.shape == q.shape for p, q in zip(net.parameters(), initial.parameters()))
-    assert not all(torch.equal(p, q) for p, q in zip(net.parameters(), initial.parameters()))
+    assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), initial.parameters()))  # every one moved
 
 
 @both
@@ -485,6 +682,111 @@ def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
     assert len({t.data for t in tasks}) == 30
     assert all(t in ml10.train_tasks for t in tasks)
 
+
+@both
+def test_ml1_meta_batch_has_distinct_train_goals(m, ml1):
+    for n in (30, 50):
+        tasks = m.sample_tasks(ml1.train_classes, ml1.train_tasks, n, np.random.default_rng(0))
+        assert len(set(goals(tasks))) == n and set(goals(tasks)) <= set(goals(ml1.train_tasks))
+
+
+@pytest.fixture(scope="module", params=[mr, ma], ids=["reward", "advantage"])
+def spied_run(request, tmp_path_factory):
+    """A tiny meta-training run (2 outer updates, validation after each, then the evaluation), with what
+    meta_train handed the estimator and the outer PPO, and the tasks and first record of each evaluate call."""
+    m = request.param
+    seen = dict(estimator=[], outer=[], evaluate=[], phase="meta-training")
+    real = {f: getattr(m, f) for f in ("meta_advantages", "outer_ppo_update", "evaluate", "run_evaluation")}
+
+    def meta_advantages(rewards, values, *a):
+        seen["estimator"].append((rewards.clone(), values.clone()))
+        return real["meta_advantages"](rewards, values, *a)
+
+    def outer_ppo_update(net, opt, batch, *a):
+        seen["outer"].append({k: v.clone() for k, v in batch.items()})
+        return real["outer_ppo_update"](net, opt, batch, *a)
+
+    def evaluate(envs, tasks, *a, **kw):
+        rows, first = real["evaluate"](envs, tasks, *a, **kw)
+        seen["evaluate"].append((seen["phase"], list(tasks), first))
+        return rows, first
+
+    def run_evaluation(*a, **kw):
+        seen["phase"] = "evaluation"
+        return real["run_evaluation"](*a, **kw)
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("spied"))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(m, "make_benchmark", cached_make_benchmark)
+            for f in (meta_advantages, outer_ppo_update, evaluate, run_evaluation):
+                patch.setattr(m, f.__name__, f)
+            args = tiny_args(m, num_outer_updates=2, val_every=1, val_tasks=2, eval_tasks=3, eval_repeats=1)
+            m.main(args)
+    finally:
+        os.chdir(cwd)
+    return m, args, seen
+
+
+def test_outer_objective_is_the_running_normalised_shaped_reward(spied_run):
+    """The estimator's rewards are the batch's shaped reward (never the sparse one) over the running mean
+    of every shaped reward seen so far, this batch's included, times 1e-4 (one class: door-close)."""
+    m, args, seen = spied_run
+    assert len(seen["estimator"]) == len(seen["outer"]) == 2
+    so_far = []
+    for (rewards, values), batch in zip(seen["estimator"], seen["outer"]):
+        so_far += batch["shaped"].flatten().double().tolist()
+        mean = sum(so_far) / len(so_far)
+        torch.testing.assert_close(rewards, batch["shaped"] / (mean + 1e-7) * args.reward_scale)
+        assert torch.equal(values, batch["meta_values"])
+        assert not torch.allclose(batch["sparse"], batch["shaped"])  # the two are told apart
+
+
+def test_evaluation_on_test_goals_and_validation_on_fresh_goals(spied_run):
+    """The final evaluation runs on test goals, none a train goal; validation on goals of neither split."""
+    m, args, seen = spied_run
+    benchmark = cached_make_benchmark(args)
+    train, test = set(goals(benchmark.train_tasks)), set(goals(benchmark.test_tasks))
+    validation = [goals(tasks) for phase, tasks, _ in seen["evaluate"] if phase == "meta-training"]
+    final = [g for phase, tasks, _ in seen["evaluate"] if phase == "evaluation" for g in goals(tasks)]
+    assert len(validation) == 2 and validation[0] == validation[1] and len(set(validation[0])) == args.val_tasks
+    assert not set(validation[0]) & (train | test)
+    assert len(set(final)) == args.eval_tasks and set(final) <= test and not set(final) & train
+
+
+def test_goal_position_is_zero_in_what_agents_and_network_see(spied_run):
+    """Observations (the agents' input, and the first 39 numbers of the network's) have the goal
+    position, obs[36:39], zeroed, in training, validation and evaluation lifetimes."""
+    m, args, seen = spied_run
+    records = [b["meta_inputs"] for b in seen["outer"]] + [first["meta_inputs"] for _, _, first in seen["evaluate"]]
+    assert len(records) == 2 + 2 + 1
+    for x in records:
+        assert torch.all(x[..., 36:39] == 0)
+        assert torch.all(x[..., 0:3].abs().sum(-1) > 0)  # the hand position is there
+
+
+@both
+def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoints, tmp_path, monkeypatch, capsys):
+    """The saved network was meta-trained with seed 1. In MetaWorld 3.1.1 ML1(seed=0)'s test goals are
+    ML1(seed=1)'s train goals: evaluated with --seed 0, it must still get seed 1's test goals; and an
+    evaluation on its training goals is refused with one line, before any work."""
+    monkeypatch.chdir(tmp_path)
+    path = saved_checkpoints[m]
+    one, zero = (cached_make_benchmark(tiny_args(m), seed) for seed in (1, 0))
+    assert goals(zero.test_tasks) == goals(one.train_tasks)  # the trap
+    seen, real = [], m.evaluate
+    monkeypatch.setattr(m, "evaluate", lambda envs, tasks, *a, **kw: seen.append(list(tasks)) or real(envs, tasks, *a, **kw))
+    m.main(tiny_args(m, seed=0, eval_checkpoint=path, eval_repeats=1))
+    assert [goals(tasks) for tasks in seen] == [goals(one.test_tasks[:2])]
+    assert "the test split of the benchmark built with seed 1" in capsys.readouterr().out
+    runs = sorted(os.listdir("runs"))
+    for argv in (tiny_argv(eval_checkpoint=path, eval_split="train"), tiny_argv(eval_split="train")):  # saved, to train
+        with pytest.raises(SystemExit) as exc:
+            m.cli(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and "\n" not in err and "goals the network was meta-trained on (seed 1)" in err
+        assert sorted(os.listdir("runs")) == runs
 
 # 7. Bad input -------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
@@ -546,6 +848,15 @@ def test_float_settings_have_ranges_and_accept_their_bounds(m, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(m.ConfigError, match="--cuda: CUDA is not available here"):
         tiny_args(m, cuda=True)
+@both
+def test_deterministic_episodes_are_required_and_validation_tasks_only_when_validating(m):
+    """(Checked on check_args directly: through the command line, a missing check would start a full run.)"""
+    m.check_args(m.Args(val_every=0, val_tasks=0))
+    for bad, message in [(dict(eval_deterministic_episodes=0), "--eval-deterministic-episodes must be at least 1"),
+                         (dict(val_every=-1), "--val-every must be at least 0"),
+                         (dict(val_tasks=0), "--val-tasks at least 1 when validating")]:
+        with pytest.raises(m.ConfigError, match=message):
+            m.check_args(m.Args(**bad))
 
 
 @pytest.mark.parametrize("script", ["metareward.py", "metareward_advantage.py"])
@@ -598,6 +909,27 @@ class FakeTask:
         self.env_name = name
 
 
+@both
+def test_lifetimes_run_on_a_cpu_copy_of_the_network(m, tmp_path, monkeypatch):
+    """--cuda: the lifetimes get their own CPU copy of phi (workers stay on the CPU; the outer PPO's
+    network is never touched), and evaluate returns CPU tensors, so that run_evaluation's trace
+    (numpy) follows eval.csv. (No GPU here: the device moves themselves are untested.)"""
+    nets, real = [], m.run_lifetimes
+    monkeypatch.setattr(m, "run_lifetimes", lambda envs, tasks, keys, net, *a, **kw: nets.append(net) or
+                        real(envs, tasks, keys, net, *a, **kw))
+    args = tiny_args(m, eval_repeats=1)
+    lifetimes = m.Lifetimes({}, args)
+    lifetimes.envs = FakeEnvs(2, 0)
+    tasks, net = [FakeTask("t0"), FakeTask("t1")], m.MetaNet()
+    rows, first = m.evaluate(lifetimes, tasks, net, args, 1, seed=1)
+    assert nets and all(n is not net and next(n.parameters()).device.type == "cpu" for n in nets)
+    assert all(torch.equal(p, q) for p, q in zip(nets[0].parameters(), net.parameters()))
+    assert len(rows) == 2 and all(v.device.type == "cpu" for v in first.values())
+    benchmark = SimpleNamespace(test_classes={"t0": None, "t1": None}, test_tasks=tasks)
+    m.run_evaluation(args, str(tmp_path), benchmark, lifetimes, net)
+    assert len(read_csv(tmp_path / m.TRACE_FILE)) == args.lifetime_steps
+
+
 def test_summary_statistics():
     rows = [{"task": t, "seed": seed, "success_ep01": v, "success_det": d}
             for t, seed, v, d in [(0, 1, 1, .5), (0, 2, 0, .25), (1, 1, 1., 1.), (1, 2, 0., 0.)]]
@@ -637,6 +969,18 @@ def test_results_table_and_figure(tmp_path, monkeypatch):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_takes_each_seed_of_a_method_from_one_file(tmp_path):
+    """The tool's error bars are over the seed column: one method's seed in two files (two networks
+    evaluated with the same seed, or a repeated evaluation) is refused, not merged as one seed."""
+    for folder, seed in (("a", 1), ("b", 1), ("c", 2)):
+        (tmp_path / folder).mkdir()
+        mr.write_csv(str(tmp_path / folder / "eval.csv"), fake_eval_rows("intrinsic", {seed: [([1] * 12, 1.0)]}))
+    with pytest.raises(pr.ConfigError, match="both hold intrinsic rows of evaluation seed 1"):
+        pr.load_results([str(tmp_path / "a"), str(tmp_path / "b")])
+    rows, _ = pr.load_results([str(tmp_path / "a"), str(tmp_path / "c")])
+    assert pr.results_table(rows)[2].startswith("| intrinsic | 2 | 2 |")
+
+
 @pytest.mark.parametrize("signal", ["intrinsic_reward", "meta_advantage"])  # each script's trace
 def test_trace_table(signal):
     """The tool's table of what the network signals: per episode, value by value against a direct computation."""
@@ -674,7 +1018,7 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
     assert len(trace) == 60
     assert set(trace[0]) == {"step", "episode", signal, "shaped_reward", "sparse_reward", "success"}
     out = capsys.readouterr().out
-    assert f"corr({mode}, shaped)" in out and "deterministic" in out and "std over 2 seeds" in out
+    assert f"corr({mode}, shaped)" in out and "deterministic" in out and "std over 2 evaluation seeds" in out
     # the evaluation depends only on the network and the seeds: the final network, evaluated on its
     # own in a fresh set of envs, gives the training run's rows and trace again
     eval_dir = m.main(tiny_args(m, seed=3, eval_seeds=(3, 4), eval_checkpoint=os.path.join(run_dir, "checkpoint.pt"),
@@ -777,9 +1121,11 @@ def saved_checkpoints(tmp_path_factory):
     cwd, folder, paths = os.getcwd(), tmp_path_factory.mktemp("ckpt"), {}
     os.chdir(folder)
     try:
-        for m in (mr, ma):
-            paths[m] = os.path.join(folder, m.main(tiny_args(m, num_outer_updates=1, eval_tasks=1, eval_repeats=1)),
-                                    "checkpoint.pt")
+        with pytest.MonkeyPatch.context() as patch:
+            for m in (mr, ma):
+                patch.setattr(m, "make_benchmark", cached_make_benchmark)
+                paths[m] = os.path.join(folder, m.main(tiny_args(m, num_outer_updates=1, eval_tasks=1,
+                                                                 eval_repeats=1)), "checkpoint.pt")
     finally:
         os.chdir(cwd)
     return paths
@@ -834,8 +1180,7 @@ def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(m, tmp
 
     monkeypatch.setattr(m, "meta_advantages", nan_in_update_2)
     with pytest.raises(SystemExit) as exc:
-        m.cli([word for k, v in {**TINY, "num_outer_updates": 3}.items()
-               for word in [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, tuple) else [v])]])
+        m.cli(tiny_argv(num_outer_updates=3))
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "\n" not in err and "update 2: non-finite outer loss" in err
     run_dir = next((tmp_path / "runs").iterdir())
@@ -846,9 +1191,24 @@ def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(m, tmp
 SHIPPED = os.path.join(HERE, "checkpoints", "door-close-v3_seed1_update50.pt")
 
 
+def fixed_meta_input(S=20, T=10):
+    """A hand-made (1, S, 47) input without random numbers: smooth observations with the goal zeroed,
+    episode flags every T steps, one success (k = 2 of episode 2), small densities and r^i_(t-1)."""
+    t = torch.arange(S, dtype=torch.float64)[:, None]
+    x = 0.5 * torch.sin(0.1 * t + torch.arange(mr.META_INPUT_DIM, dtype=torch.float64))
+    x[:, 36:39] = 0
+    x[:, -4] = 0.05 * (1 + torch.cos(t[:, 0]))
+    x[:, -3] = 0.0
+    x[12, -3] = 3 * (1 - 0.7 * 2 / T)
+    x[:, -2] = torch.tensor([2.0 if k % T == 0 else 0.0 for k in range(S)])
+    x[:, -1] = 0.02 * torch.sin(t[:, 0])
+    return x.float()[None]
+
+
 def test_shipped_network_loads_and_rewards_a_real_lifetime(ml1):
-    """The reward network in the repo: the paper's settings, the network's shapes, and finite,
-    bounded, non-constant intrinsic rewards on a short lifetime of a door-close test task."""
+    """The reward network in the repo: the paper's settings, the network's shapes, the rewards it gave
+    when it shipped on a fixed input (among them the negative reward after a success), and on a short
+    lifetime of a door-close test task finite, non-constant rewards that are its mean on what it saw."""
     ckpt = mr.load_checkpoint(SHIPPED)
     paper = dataclasses.asdict(mr.Args())
     settings = ("benchmark", "env_name", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
@@ -857,10 +1217,16 @@ def test_shipped_network_loads_and_rewards_a_real_lifetime(ml1):
     meta_net = mr.load_meta_net(SHIPPED)
     assert {k: v.shape for k, v in meta_net.state_dict().items()} == \
         {k: v.shape for k, v in mr.MetaNet().state_dict().items()}
+    with torch.no_grad():
+        mean = meta_net(fixed_meta_input(), meta_net.initial_state(1))[0][0]
+    assert mean[[0, 5, 10, 12, 19]].tolist() == pytest.approx([-0.035799, 0.035447, -0.021396, -0.063259, -0.068456],
+                                                              abs=1e-5)
     args = tiny_args(lifetimes_per_update=2)
     tasks = mr.sample_tasks(ml1.test_classes, ml1.test_tasks, 2, None)
     batch = mr.run_lifetimes(mr.EnvGroup(ml1.test_classes, args.max_episode_steps), tasks, train_keys(mr, 2),
                              meta_net, args, mr.Timer(), evaluation=True)
     r = batch["meta_actions"]
     assert r.shape == (2, args.lifetime_steps) and torch.isfinite(r).all()
-    assert r.abs().max() < math.pi / 2 and r.std() > 0  # the mean head is arctan(.): bounded, and it varies
+    assert r.std() > 0
+    _, _, means = replay(meta_net, {k: v for k, v in batch.items() if k.startswith("meta_")}, 16, 16)
+    torch.testing.assert_close(r, means, atol=1e-5, rtol=0)  # evaluation: the mean, of this network

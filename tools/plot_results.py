@@ -31,13 +31,19 @@ def read_csv(path):
 
 def load_results(paths):
     """The rows of each run folder's eval.csv (or of the eval.csv files given), and the first trace
-    file found beside them (None if there is none)."""
-    rows, trace = [], None
+    file found beside them (None if there is none). The error bars are over evaluation seeds, so one
+    method's seed may come from one file only (several networks: evaluate each with its own seeds)."""
+    rows, trace, source = [], None, {}
     for path in paths:
         file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
         if not (os.path.isfile(file) and file.endswith(".csv")):
             raise ConfigError(f"no eval.csv at {path}")
-        rows += read_csv(file)
+        new = read_csv(file)
+        for key in dict.fromkeys((r["inner_reward"], r["seed"]) for r in new):
+            if source.setdefault(key, file) != file:
+                raise ConfigError(f"{source[key]} and {file} both hold {key[0]} rows of evaluation seed {key[1]}; "
+                                  "evaluate each network (or each part of an evaluation) with its own seeds")
+        rows += new
         for name in TRACE_FILES:
             trace_file = os.path.join(os.path.dirname(file), name)
             if trace is None and os.path.isfile(trace_file):
