@@ -655,9 +655,12 @@ class Lifetimes:
         return {k: torch.cat([rec[k] for rec, _ in results]) for k in results[0][0]}, [sec for _, sec in results]
 
     def close(self):
-        for remote, proc in zip(self.remotes, self.procs):
+        for remote in self.remotes:
             remote.send(None)
-            proc.join()
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():  # still living a batch that an error in another process has made moot
+                proc.terminate()
 
 
 # ---- Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4) -

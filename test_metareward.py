@@ -11,6 +11,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import typing
 from types import SimpleNamespace
 
@@ -1185,6 +1186,26 @@ def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(m, tmp
     assert exc.value.code == 2 and "\n" not in err and "update 2: non-finite outer loss" in err
     run_dir = next((tmp_path / "runs").iterdir())
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["update"] == 1
+
+
+@both
+def test_an_error_in_a_worker_process_stops_the_run_with_one_line(m, tmp_path, monkeypatch, capsys):
+    """A non-finite inner loss in one worker's lifetimes reaches the main process as the same error,
+    and the run stops at once: the other worker, still busy with its share, is stopped, not waited for."""
+    monkeypatch.chdir(tmp_path)
+
+    def nan_in_one_share(agents, *a):  # the workers are forked after this patch
+        if len(agents.actor_logstd) == 1:  # the tiny meta-batch of 3 over 2 workers: shares of 2 and 1
+            raise FloatingPointError("non-finite inner PPO loss in epoch 0")
+        time.sleep(120)  # the other share is still busy when the error arrives
+
+    monkeypatch.setattr(m, "inner_ppo_update", nan_in_one_share)
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exc:
+        m.cli(tiny_argv(num_outer_updates=2, num_workers=2))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err and "update 1: non-finite inner PPO loss" in err
+    assert time.perf_counter() - start < 60  # not the busy worker's 120 s
 
 
 # The shipped network (checkpoints/) -----------------------------------------------------------------
