@@ -405,34 +405,6 @@ class MetaNet(nn.Module):
         return mean, std, mlp(self.critic, h).squeeze(-1), (h[None], c[None])
 
 
-
-    def step(self, x, state):
-        """forward() for one step of N lifetimes, x: (N, 47). Each lifetime's row goes through its own
-        small matmul (a batched matmul's rounding depends on how many rows it has), so a lifetime's
-        numbers do not depend on which lifetimes run beside it. The values equal forward()'s up to rounding."""
-        def linear(v, weight, bias):  # v @ weight.T + bias, one (1, in) @ (in, out) per row
-            return torch.baddbmm(bias, v[:, None], weight.t().expand(len(v), -1, -1))[:, 0]
-
-        def mlp(layers, v):
-            for layer in layers:
-                v = linear(v, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(v)
-            return v
-
-        scalars = x[:, -4:]
-        h = torch.cat([torch.relu(linear(x, self.fc1.weight, self.fc1.bias)), scalars], -1)
-        h = torch.cat([torch.relu(linear(h, self.fc2.weight, self.fc2.bias)), scalars], -1)
-        h0, c0 = state[0][0], state[1][0]  # one LSTM cell step, gates in PyTorch's order i, f, g, o
-        gates = (linear(h, self.lstm.weight_ih_l0, self.lstm.bias_ih_l0)
-                 + linear(h0, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0))
-        i, f, g, o = gates.chunk(4, 1)
-        sigmoid = lambda v: 1 / (1 + torch.exp(-v))  # torch.sigmoid's rounding depends on the batch size
-        c = sigmoid(f) * c0 + sigmoid(i) * torch.tanh(g)
-        h = sigmoid(o) * torch.tanh(c)
-        mean = torch.atan(mlp(self.mean_head, h)).squeeze(-1)
-        std = self.std_scale * torch.exp(mlp(self.logstd_head, h)).squeeze(-1)
-        return mean, std, mlp(self.critic, h).squeeze(-1), (h[None], c[None])
-
-
 # ---- Inner loop: N independent actor-only PPO learners at once (SPEC 2, 5) ------------------
 def clip_grad_norm_per_agent_(params, max_norm):
     """torch.nn.utils.clip_grad_norm_ for each agent's slice (the leading dim) separately."""
