@@ -54,7 +54,7 @@ class Args:
     max_episode_steps: int = 500
     """episode length T (MetaWorld's max_path_length; lower it only for quick tests)"""
     num_workers: int = 1
-    """worker processes that step the environments (1 = step in this process)"""
+    """processes that live the lifetimes, each a share of them whole (1 = in this process); results do not depend on it"""
 
     # Meta-training: the outer loop (SPEC 4)
     num_outer_updates: Optional[int] = None
@@ -477,7 +477,7 @@ def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, retu
             optimizer.step()
 
 
-# ---- Lifetimes: Algorithm 1, the inner loop of N lockstep lifetimes -------------------------
+# ---- Lifetimes: Algorithm 1, the inner loop of N lifetimes, in worker processes --------------
 class Timer:
     """Accumulates wall-clock seconds per named part of an outer update."""
 
