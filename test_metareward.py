@@ -29,6 +29,10 @@ PLOT_TOOL = os.path.join(HERE, "tools", "plot_results.py")
 _spec = importlib.util.spec_from_file_location("plot_results", PLOT_TOOL)
 pr = importlib.util.module_from_spec(_spec)  # tools/plot_results.py: the cross-run table and figure
 _spec.loader.exec_module(pr)
+CURVES_TOOL = os.path.join(HERE, "tools", "plot_curves.py")
+_spec = importlib.util.spec_from_file_location("plot_curves", CURVES_TOOL)
+pc = importlib.util.module_from_spec(_spec)  # tools/plot_curves.py: training curves of several runs
+_spec.loader.exec_module(pc)
 
 # A lifetime of 6 episodes of 10 steps, inner updates after steps 20 and 40 (the paper's shape, shrunk).
 TINY = dict(max_episode_steps=10, steps_per_update=20, lifetime_steps=60, lifetimes_per_update=3,
@@ -1058,6 +1062,31 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
     assert len(trace) == 12 and all(line in readme for line in trace)
     proc = subprocess.run([sys.executable, PLOT_TOOL, "no_such_run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: no eval.csv at no_such_run"
+
+
+def test_curves_tool_compares_runs_at_equal_updates(tmp_path, capsys):
+    """tools/plot_curves.py: the runs cut at the last update all reached, block means value by value
+    (success on the last 4 episodes, shaped return), the figure, and bad input as one line."""
+    def progress(name, success, shaped):  # success[u]: every episode of update u+1 at that rate
+        (tmp_path / name).mkdir()
+        mr.write_csv(str(tmp_path / name / "progress.csv"),
+                     [{"update": u + 1, **{f"charts/success_ep{e:02d}": s * (e > 8) for e in range(1, 13)},
+                       "charts/shaped_return": r} for u, (s, r) in enumerate(zip(success, shaped))])
+    progress("a", [0.0, 0.5, 1.0, 0.25, 0.75, 1.0, 1.0], [10, 20, 30, 40, 50, 60, 70])
+    progress("b", [1.0, 1.0, 0.0, 0.0, 0.5], [5, 5, 5, 5, 100])  # 5 updates: both are cut there
+    pc.main([str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "A", "B", "--block", "2",
+             "--plot-file", str(tmp_path / "c.png")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| updates | A: success / shaped return | B: success / shaped return |"
+    assert lines[2:5] == ["| 1-2 | 0.25 / 15 | 1.00 / 5 |", "| 3-4 | 0.62 / 35 | 0.00 / 5 |",
+                          "| 5-5 | 0.75 / 50 | 0.50 / 100 |"]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert pc.moving_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist() == [1.0, 2.0, 4.0, 6.0]
+    for argv, message in ((["no_such_run"], "error: no progress.csv at no_such_run"),
+                          ([str(tmp_path / "a"), "--labels", "A", "B"], "error: 1 runs but 2 --labels")):
+        with pytest.raises(SystemExit) as exc:
+            pc.main(argv)
+        assert exc.value.code == 2 and capsys.readouterr().err.strip() == message
 
 
 def test_both_baselines_run_the_same_evaluation(tmp_path, monkeypatch):
