@@ -1280,3 +1280,37 @@ def test_shipped_network_loads_and_rewards_a_real_lifetime(ml1):
     assert r.std() > 0
     _, _, means = replay(meta_net, {k: v for k, v in batch.items() if k.startswith("meta_")}, 16, 16)
     torch.testing.assert_close(r, means, atol=1e-5, rtol=0)  # evaluation: the mean, of this network
+
+
+SHIPPED_ADVANTAGE = os.path.join(HERE, "checkpoints", "door-close-v3_advantage_seed1_update50.pt")
+
+
+def test_shipped_advantage_network_loads_and_signals_a_real_lifetime(ml1):
+    """The advantage network in the repo: the paper's settings of the variant, the network's shapes,
+    the advantages it gave when it shipped on a fixed input, finite non-constant A^m on a short
+    lifetime of a door-close test task that are its mean on what it saw; metareward.py refuses it."""
+    ckpt = ma.load_checkpoint(SHIPPED_ADVANTAGE)
+    paper = dataclasses.asdict(ma.Args())
+    settings = ("benchmark", "env_name", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
+                "max_episode_steps", "meta_learning_rate", "meta_std_scale", "meta_ent_coef", "tbptt_len",
+                "meta_update_epochs", "seed")
+    assert {k: ckpt["args"][k] for k in settings} == {k: paper[k] for k in settings}
+    assert ckpt["args"]["meta_std_scale"] == 1.0 and ckpt["args"]["meta_ent_coef"] == 0.0005
+    meta_net = ma.load_meta_net(SHIPPED_ADVANTAGE)
+    assert {k: v.shape for k, v in meta_net.state_dict().items()} == \
+        {k: v.shape for k, v in ma.MetaNet().state_dict().items()}
+    with torch.no_grad():
+        mean = meta_net(fixed_meta_input(), meta_net.initial_state(1))[0][0]
+    assert mean[[0, 5, 10, 12, 19]].tolist() == pytest.approx([0.406415, 0.506746, 0.461644, 0.685982, 0.328066],
+                                                              abs=1e-5)  # 12: the success step
+    args = tiny_args(ma, lifetimes_per_update=2)
+    tasks = ma.sample_tasks(ml1.test_classes, ml1.test_tasks, 2, None)
+    batch = ma.run_lifetimes(ma.EnvGroup(ml1.test_classes, args.max_episode_steps), tasks, train_keys(ma, 2),
+                             meta_net, args, ma.Timer(), evaluation=True)
+    a = batch["meta_actions"]
+    assert a.shape == (2, args.lifetime_steps) and torch.isfinite(a).all()
+    assert a.std() > 0
+    _, _, means = replay(meta_net, {k: v for k, v in batch.items() if k.startswith("meta_")}, 16, 16, m=ma)
+    torch.testing.assert_close(a, means, atol=1e-5, rtol=0)  # evaluation: the mean, of this network
+    with pytest.raises(mr.CheckpointError, match="written by metareward_advantage.py, not metareward.py"):
+        mr.load_meta_net(SHIPPED_ADVANTAGE)
