@@ -1054,12 +1054,16 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
     lines = proc.stdout.splitlines()
     printed = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in lines}  # method -> cells
     readme = open(os.path.join(HERE, "README.md")).read().splitlines()
-    for label, method in [("intrinsic rewards", "intrinsic"), ("PPO shaped", "shaped"), ("PPO sparse", "sparse")]:
+    for label, method in [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"),
+                          ("PPO shaped", "shaped"), ("PPO sparse", "sparse")]:
         cells = next(line for line in readme if line.startswith(f"| {label} ")).replace("**", "").split(" | ")
         seeds, lifetimes = map(int, cells[1].split(" x "))
         assert printed[method][1:] == [str(seeds), str(seeds * lifetimes)] + cells[2:6]
-    trace = [line for line in lines if line.startswith("| ") and line.split(" | ")[1] in ("yes", "no")]
-    assert len(trace) == 12 and all(line in readme for line in trace)
+    for network in ("intrinsic_update50", "advantage_update50"):  # each network's trace table
+        proc = subprocess.run([sys.executable, PLOT_TOOL, os.path.join(HERE, "results", "door-close-v3", network),
+                               "--plot-file", str(tmp_path / "t.png")], capture_output=True, text=True, timeout=120)
+        trace = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.split(" | ")[1] in ("yes", "no")]
+        assert len(trace) == 12 and all(line in readme for line in trace)
     proc = subprocess.run([sys.executable, PLOT_TOOL, "no_such_run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: no eval.csv at no_such_run"
 
