@@ -1,12 +1,9 @@
 """Black-box meta-learning of intrinsic rewards for sparse-reward environments.
 
 Pappalardo, Ramele, Santos (2024), arXiv 2407.21546, read with ../shared/SPEC.md beside it.
-
-An LSTM "reward agent" (MetaNet) watches a fresh PPO agent learn a MetaWorld task from a sparse
-signal and emits an intrinsic reward r^i_t at every step; the inner PPO learns from r^i only.
-The reward agent is itself trained with PPO (truncated BPTT) to maximise the *shaped* return the
-inner agents reach over their lifetimes. One outer update = N lifetimes run in lockstep: the N
-inner agents are independent learners whose parameters are stacked on a leading agent dimension.
+An LSTM "reward agent" (MetaNet) watches fresh PPO agents learn MetaWorld tasks from a sparse signal and
+emits an intrinsic reward r^i_t, their only reward; PPO (truncated BPTT) trains it to maximise the *shaped*
+return they reach. One outer update = N lifetimes of independent agents, lived in --num-workers processes.
 """
 import copy
 import csv
@@ -30,9 +27,11 @@ from torch.distributions.normal import Normal
 
 OBS_DIM, ACT_DIM = 39, 4
 META_INPUT_DIM = OBS_DIM + ACT_DIM + 4  # [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)]
-# Lifetimes run on one torch thread per process (tiny ops, and one result whatever the thread count);
-# the outer PPO, during which the lifetime workers idle, uses all of them.
-UPDATE_THREADS = torch.get_num_threads()
+SCRIPT = "metareward"  # checkpoints name the script that wrote them
+TRACE_FILE = "reward_trace.csv"  # per step of one evaluation lifetime: r^i next to the shaped reward
+TRAIN, VALIDATION, EVALUATION = 0, 1, 2  # the first number of a lifetime's key
+VALIDATION_SEED_OFFSET = 10_000  # the validation goals come from the benchmark built with seed + this
+UPDATE_THREADS = torch.get_num_threads()  # the outer PPO's; lifetimes use 1 per process (one result whatever the count)
 
 
 @dataclass
@@ -128,7 +127,7 @@ class Args:
     eval_repeats: int = 10
     """lifetimes per evaluation task"""
     eval_seeds: Tuple[int, ...] = ()
-    """evaluation seeds (default: --seed) of this one network or baseline: the table is mean +- std over them. The paper's +- for the network is over 3 separately meta-trained networks: evaluate each with its own seed and give --plot their run folders"""
+    """evaluation seeds (default: --seed) of this one network or baseline: the table is mean +- std over them. The paper's +- for the network is over 3 separately meta-trained networks: evaluate each, then give tools/plot_results.py their run folders"""
     eval_deterministic_episodes: int = 4
     """episodes of the deterministic final policy after each evaluation lifetime"""
     val_every: int = 25
@@ -144,7 +143,7 @@ class Args:
 
 
 class ConfigError(ValueError):
-    """Bad input: reported as one line and a non-zero exit, before any work is done."""
+    """Bad input (settings or checkpoint): reported as one line and a non-zero exit, before any work is done."""
 
 
 def check_args(args):
@@ -155,65 +154,53 @@ def check_args(args):
         args.meta_ent_coef = 0.003 if args.benchmark == "ML1" else 0.0005
     if args.benchmark == "ML1" and args.env_name not in metaworld.ML1.ENV_NAMES:
         raise ConfigError(f"unknown --env-name {args.env_name!r}; valid: {', '.join(metaworld.ML1.ENV_NAMES)}")
-    for name in ("max_episode_steps", "lifetime_steps", "steps_per_update", "lifetimes_per_update",
-                 "num_outer_updates", "tbptt_len", "num_workers", "update_epochs", "num_minibatches",
-                 "meta_update_epochs", "save_every", "eval_repeats", "eval_deterministic_episodes"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.val_every < 0 or (args.val_every and args.val_tasks < 1):
-        raise ConfigError(f"--val-every must be at least 0 and --val-tasks at least 1 when validating, got "
-                          f"{args.val_every} and {args.val_tasks}")
-    if args.lifetime_steps % args.steps_per_update:
-        raise ConfigError(f"--lifetime-steps {args.lifetime_steps} is not a multiple of "
-                          f"--steps-per-update {args.steps_per_update}")
-    if args.steps_per_update % args.max_episode_steps:
-        raise ConfigError(f"--steps-per-update {args.steps_per_update} is not a multiple of the episode "
-                          f"length --max-episode-steps {args.max_episode_steps}")
-    if args.lifetime_steps // args.steps_per_update < 2:
-        raise ConfigError("a lifetime needs at least one inner update and a block after it: "
-                          "--lifetime-steps must be at least 2 x --steps-per-update")
-    if args.steps_per_update % args.num_minibatches:
-        raise ConfigError(f"--steps-per-update {args.steps_per_update} is not divisible by "
-                          f"--num-minibatches {args.num_minibatches}")
-    if args.tbptt_len > args.lifetime_steps:
-        raise ConfigError(f"--tbptt-len {args.tbptt_len} is larger than the {args.lifetime_steps} steps "
-                          "the outer PPO replays")
-    for n in args.meta_nsteps + args.meta_nsteps_fallback:
-        if not 0 < n < args.lifetime_steps:
-            raise ConfigError(f"meta n-step horizon {n} must lie in [1, --lifetime-steps)")
-    if args.eval_tasks is not None and args.eval_tasks < 1:
-        raise ConfigError(f"--eval-tasks must be at least 1, got {args.eval_tasks}")
-    if len(set(args.eval_seeds)) < len(args.eval_seeds):
-        raise ConfigError(f"--eval-seeds repeats a seed: {' '.join(map(str, args.eval_seeds))}")
-    if args.eval_checkpoint and args.inner_reward != "intrinsic":
-        raise ConfigError(f"--eval-checkpoint is for the intrinsic reward, not --inner-reward {args.inner_reward}")
-    if args.num_workers > args.lifetimes_per_update:
-        raise ConfigError(f"--num-workers {args.num_workers} exceeds --lifetimes-per-update "
-                          f"{args.lifetimes_per_update}")
-    if args.cuda and not torch.cuda.is_available():
-        raise ConfigError(f"--cuda: CUDA is not available here (torch {torch.__version__}); drop --cuda to use the CPU")
-    float_ranges = (  # (flags, valid, what); NaN fails every comparison
+    ranges = (  # (flags, valid, what); NaN fails every comparison; None is --eval-tasks' default (all)
+        ("max_episode_steps lifetime_steps steps_per_update lifetimes_per_update num_outer_updates tbptt_len "
+         "num_workers update_epochs num_minibatches meta_update_epochs save_every eval_repeats "
+         "eval_deterministic_episodes eval_tasks", lambda x: x is None or x >= 1, "at least 1"),
         ("meta_learning_rate learning_rate meta_std_scale reward_scale", lambda x: 0 < x < math.inf, "finite and > 0"),
         ("meta_gamma", lambda x: 0 < x <= 1, "in (0, 1]"),  # the estimator divides by meta_gamma^episode
         ("gamma gae_lambda meta_nstep_decay", lambda x: 0 <= x <= 1, "in [0, 1]"),
         ("meta_clip_coef clip_coef meta_max_grad_norm max_grad_norm meta_target_kl", lambda x: x > 0, "> 0"),
         ("meta_ent_coef meta_vf_coef ent_coef vf_coef", lambda x: 0 <= x < math.inf, "finite and >= 0"))
-    for names, valid, what in float_ranges:
+    for names, valid, what in ranges:
         for name in names.split():
             if not valid(getattr(args, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
+    L, U, T = args.lifetime_steps, args.steps_per_update, args.max_episode_steps
+    checks = (  # (bad, message), in order
+        (args.val_every < 0 or (args.val_every and args.val_tasks < 1), "--val-every must be at least 0 and "
+         f"--val-tasks at least 1 when validating, got {args.val_every} and {args.val_tasks}"),
+        (L % U, f"--lifetime-steps {L} is not a multiple of --steps-per-update {U}"),
+        (U % T, f"--steps-per-update {U} is not a multiple of the episode length --max-episode-steps {T}"),
+        (L // U < 2, "a lifetime needs at least one inner update and a block after it: "
+         "--lifetime-steps must be at least 2 x --steps-per-update"),
+        (U % args.num_minibatches,
+         f"--steps-per-update {U} is not divisible by --num-minibatches {args.num_minibatches}"),
+        (args.tbptt_len > L, f"--tbptt-len {args.tbptt_len} is larger than the {L} steps the outer PPO replays"),
+        *((not 0 < n < L, f"meta n-step horizon {n} must lie in [1, --lifetime-steps)")
+          for n in args.meta_nsteps + args.meta_nsteps_fallback),
+        (len(set(args.eval_seeds)) < len(args.eval_seeds),
+         f"--eval-seeds repeats a seed: {' '.join(map(str, args.eval_seeds))}"),
+        (args.eval_checkpoint and args.inner_reward != "intrinsic",
+         f"--eval-checkpoint is for the intrinsic reward, not --inner-reward {args.inner_reward}"),
+        (args.num_workers > args.lifetimes_per_update,
+         f"--num-workers {args.num_workers} exceeds --lifetimes-per-update {args.lifetimes_per_update}"),
+        (args.cuda and not torch.cuda.is_available(),
+         f"--cuda: CUDA is not available here (torch {torch.__version__}); drop --cuda to use the CPU"))
+    for bad, message in checks:
+        if bad:
+            raise ConfigError(message)
 
 
-# ---- Environments (SPEC 1, 8) ---------------------------------------------------------------
 def make_benchmark(args, seed=None):
-    """The MetaWorld benchmark object; its seed (default --seed) fixes the train/test goal positions."""
+    """The MetaWorld benchmark (SPEC 1, 8); its seed (default --seed) fixes the train/test goal positions."""
     seed = args.seed if seed is None else seed
     return metaworld.ML1(args.env_name, seed=seed) if args.benchmark == "ML1" else metaworld.ML10(seed=seed)
 
 
 def sample_tasks(classes, tasks, n, rng):
-    """n distinct tasks: lifetime i gets class i mod C, distinct goals per class, drawn with rng
-    (None: in the benchmark's order). ML1: n distinct goals; ML10: each of the 10 classes n/10 times."""
+    """n tasks: lifetime i gets class i mod C and a goal of it, distinct, drawn with rng (None: in order)."""
     names = list(classes)
     by_class = {c: [t for t in tasks if t.env_name == c] for c in names}
     need = math.ceil(n / len(names))
@@ -224,11 +211,6 @@ def sample_tasks(classes, tasks, n, rng):
     return [by_class[names[i % len(names)]][perms[names[i % len(names)]][i // len(names)]] for i in range(n)]
 
 
-def task_goal(task):
-    """What makes a task one goal: its class and its goal/object positions (MetaWorld's rand_vec)."""
-    return task.env_name, pickle.loads(task.data)["rand_vec"].tobytes()
-
-
 def evaluation_tasks(args, benchmark):
     """The tasks of the final evaluation: the first --eval-tasks of --eval-split, class by class in turn."""
     classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
@@ -237,26 +219,18 @@ def evaluation_tasks(args, benchmark):
 
 
 def check_unseen_goals(args, benchmark, trained):
-    """Refuse to evaluate a network on a goal it was meta-trained on (SPEC 6, 7.6). trained: the
-    settings (benchmark, env_name, seed) of the network's meta-training; benchmark: the evaluation's,
-    built with that seed."""
+    """Refuse to evaluate a network on goals it was meta-trained on (SPEC 6, 7.6); trained: its training settings."""
     if args.inner_reward != "intrinsic":
         return  # the baselines have no network
     classes = lambda a: (a["benchmark"], a["env_name"] if a["benchmark"] == "ML1" else None)
     trained_on = benchmark if classes(trained) == classes(asdict(args)) else make_benchmark(
         replace(args, benchmark=trained["benchmark"], env_name=trained["env_name"]), trained["seed"])
-    seen = {task_goal(task) for task in trained_on.train_tasks}
-    overlap = sum(task_goal(task) in seen for task in evaluation_tasks(args, benchmark))
+    goal = lambda task: (task.env_name, pickle.loads(task.data)["rand_vec"].tobytes())  # MetaWorld's goal positions
+    seen = {goal(task) for task in trained_on.train_tasks}
+    overlap = sum(goal(task) in seen for task in evaluation_tasks(args, benchmark))
     if overlap:
         raise ConfigError(f"{overlap} of the evaluation's {args.eval_split} tasks are goals the network was "
                           f"meta-trained on (seed {trained['seed']}): evaluate it on held-out goals")
-
-
-def make_env(env_cls, task, max_episode_steps):
-    env = env_cls()
-    env.set_task(task)
-    env.max_path_length = max_episode_steps
-    return env
 
 
 class EnvGroup:
@@ -273,21 +247,21 @@ class EnvGroup:
         self.envs = []
         for task in tasks:
             cls = self.classes[task.env_name]
-            env = old[cls].pop() if old.get(cls) else make_env(cls, task, self.max_episode_steps)
+            env = old[cls].pop() if old.get(cls) else cls()
+            env.max_path_length = self.max_episode_steps
             env.set_task(task)
             self.envs.append(env)
         return np.stack([env.reset()[0] for env in self.envs]).astype(np.float32)
 
     def step(self, actions):
         """Step every env; at an episode's end the returned obs is the next episode's first."""
-        obs, rewards, successes = [], [], []
+        results = []
         for env, action in zip(self.envs, actions):
             o, r, _, truncated, info = env.step(action)
             if truncated:  # episodes are exactly max_episode_steps long (SPEC 1)
                 o, _ = env.reset()
-            obs.append(o)
-            rewards.append(r)
-            successes.append(info["success"])
+            results.append((o, r, info["success"]))
+        obs, rewards, successes = zip(*results)
         return np.stack(obs).astype(np.float32), np.array(rewards, np.float32), np.array(successes) > 0
 
 
@@ -304,7 +278,6 @@ def sparse_reward(success, k, solved, episode_len):
     return r, solved
 
 
-# ---- Networks -------------------------------------------------------------------------------
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -336,8 +309,7 @@ class StackedMLP(nn.Module):
 
 
 class InnerAgents(nn.Module):
-    """N fresh PPO actor-critics (SPEC 2): 39 -> 64 -> 64 -> (4 | 1), state-independent log-std.
-    generators: each agent's own random stream for its initialisation (None: torch's global one)."""
+    """N fresh PPO actor-critics (SPEC 2): 39 -> 64 -> 64 -> (4 | 1), state-independent log-std."""
 
     def __init__(self, n, generators=None):
         super().__init__()
@@ -356,14 +328,9 @@ class InnerAgents(nn.Module):
             action = mean + probs.stddev * noise
         return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1)
 
-    def get_action_and_value(self, obs, action=None):
-        return *self.get_action(obs, action), self.get_value(obs)
-
 
 class MetaNet(nn.Module):
-    """The meta-learned network phi, here the intrinsic-reward agent (SPEC 3): encoder, an LSTM over
-    the whole lifetime, and heads for the mean arctan(.) and std meta_std_scale * exp(.) of its
-    action r^i_t, and the outer critic V_t."""
+    """phi, the intrinsic-reward agent (SPEC 3): encoder, LSTM, heads for r^i_t's mean and std, the outer critic V_t."""
 
     def __init__(self, std_scale=0.2):
         super().__init__()
@@ -381,8 +348,7 @@ class MetaNet(nn.Module):
                                        layer_init(nn.Linear(128, 1), std=0.01))
         self.logstd_head = nn.Sequential(layer_init(nn.Linear(128, 128)), nn.Tanh(),
                                          layer_init(nn.Linear(128, 1), std=0.01))
-        self.critic = nn.Sequential(layer_init(nn.Linear(128, 512)), nn.Tanh(),
-                                    layer_init(nn.Linear(512, 1), std=1.0))
+        self.critic = nn.Sequential(layer_init(nn.Linear(128, 512)), nn.Tanh(), layer_init(nn.Linear(512, 1), std=1.0))
 
     def initial_state(self, n, device=None):
         return (torch.zeros(1, n, 128, device=device), torch.zeros(1, n, 128, device=device))
@@ -398,9 +364,8 @@ class MetaNet(nn.Module):
         return mean, std, self.critic(h).squeeze(-1), state
 
     def step(self, x, state):
-        """forward() for one step of N lifetimes, x: (N, 47). Each lifetime's row goes through its own
-        small matmul (a batched matmul's rounding depends on how many rows it has), so a lifetime's
-        numbers do not depend on which lifetimes run beside it. The values equal forward()'s up to rounding."""
+        """forward() for one step of N lifetimes, x: (N, 47), up to rounding. Each row has its own matmul (a
+        batched matmul's rounding depends on its row count): a lifetime's numbers ignore those beside it."""
         def linear(v, weight, bias):  # v @ weight.T + bias, one (1, in) @ (in, out) per row
             return torch.baddbmm(bias, v[:, None], weight.t().expand(len(v), -1, -1))[:, 0]
 
@@ -408,7 +373,6 @@ class MetaNet(nn.Module):
             for layer in layers:
                 v = linear(v, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(v)
             return v
-
         scalars = x[:, -4:]
         h = torch.cat([torch.relu(linear(x, self.fc1.weight, self.fc1.bias)), scalars], -1)
         h = torch.cat([torch.relu(linear(h, self.fc2.weight, self.fc2.bias)), scalars], -1)
@@ -424,11 +388,8 @@ class MetaNet(nn.Module):
         return mean, std, mlp(self.critic, h).squeeze(-1), (h[None], c[None])
 
 
-# ---- Inner loop: N independent PPO learners at once (SPEC 2) --------------------------------
 def gae(rewards, values, gamma, gae_lambda, episode_len):
-    """GAE over (N, B) batches of whole episodes; every episode's last step is terminal (SPEC 2).
-
-    A_t = sum_{j>=t, same episode} (gamma lambda)^(j-t) delta_j, as one matmul per lifetime."""
+    """GAE over (N, B) batches of whole episodes, each ending terminal (SPEC 2), as one matmul per lifetime."""
     n, b = rewards.shape
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
     next_values[:, episode_len - 1::episode_len] = 0.0  # no bootstrap past an episode's end
@@ -449,9 +410,8 @@ def clip_grad_norm_per_agent_(params, max_norm):
 
 
 def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, returns, perms, args):
-    """One PPO update of every inner agent on its own (N, B) batch. perms: (epochs, N, B), each
-    agent's own minibatch shuffles. The loss is the sum of the agents' mean losses, so that each
-    agent's gradient is exactly its own; gradient norms are clipped per agent."""
+    """PPO on each agent's own (N, B) batch and shuffles perms (epochs, N, B): the loss sums per-agent means, so
+    each agent's gradient is its own."""
     n, b = advantages.shape
     mb = b // args.num_minibatches
     rows = torch.arange(n, device=obs.device)[:, None]
@@ -461,7 +421,8 @@ def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, retu
         e_obs, e_act, e_logp, e_adv, e_ret = (x[rows, p] for x in (obs, actions, logprobs, advantages, returns))
         for start in range(0, b, mb):
             sl = slice(start, start + mb)
-            _, newlogprob, entropy, newvalue = agents.get_action_and_value(e_obs[:, sl], e_act[:, sl])
+            _, newlogprob, entropy = agents.get_action(e_obs[:, sl], e_act[:, sl])
+            newvalue = agents.get_value(e_obs[:, sl])
             ratio = (newlogprob - e_logp[:, sl]).exp()
             mb_adv = e_adv[:, sl]
             if args.norm_adv:
@@ -477,57 +438,37 @@ def inner_ppo_update(agents, optimizer, obs, actions, logprobs, advantages, retu
             optimizer.step()
 
 
-# ---- Lifetimes: Algorithm 1, the inner loop of N lifetimes, in worker processes --------------
-class Timer:
-    """Accumulates wall-clock seconds per named part of an outer update."""
-
-    def __init__(self):
-        self.seconds = {}
+class Timer(dict):
+    """Wall-clock seconds per named part of an outer update."""
 
     def add(self, name, t0):
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        self[name] = self.get(name, 0.0) + time.perf_counter() - t0
         return time.perf_counter()
 
 
 class Progress:
-    """Progress within a long phase, with an ETA: one line rewritten in place on a terminal; when the
-    output is redirected, only phases marked `logged` print (one line each call)."""
+    """A phase's progress and ETA: one line rewritten in place on a terminal, else printed if `logged`."""
 
     def __init__(self, label, total, logged=True):
         self.label, self.total, self.logged, self.start = label, total, logged, time.perf_counter()
 
     def __call__(self, done):
-        tty = sys.stdout.isatty()
-        if not (tty or self.logged):
-            return
-        elapsed = time.perf_counter() - self.start
+        tty, elapsed = sys.stdout.isatty(), time.perf_counter() - self.start
         line = f"  {self.label} {done}/{self.total} ({elapsed:.0f} s, ETA {elapsed / done * (self.total - done):.0f} s)"
-        print(f"\r{line}\x1b[K" if tty else line, end="" if tty and done < self.total else "\n", flush=True)
-
-
-TRAIN, VALIDATION, EVALUATION = 0, 1, 2  # the first number of a lifetime's key
-
-
-def lifetime_generator(key):
-    """A lifetime's own random stream, from its key: (TRAIN, seed, outer update, lifetime index),
-    (VALIDATION, seed, task, 0) or (EVALUATION, evaluation seed, task, repeat). Every random number of
-    the lifetime (its agent's initialisation, the action and r^i noise, the minibatch shuffles) comes
-    from it, so a lifetime is the same whichever worker runs it and whatever runs beside it."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        if tty or self.logged:
+            print(f"\r{line}\x1b[K" if tty else line, end="" if tty and done < self.total else "\n", flush=True)
 
 
 def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False, on_block=None):
-    """The inner loop of Alg. 1: N fresh inner agents each live one lifetime on their task and learn
-    from args.inner_reward only: r^i from the reward network (sampled in training, its mean in
-    evaluation), or the sparse or shaped env reward (the baselines; meta_net unused).
-    In evaluation, `--eval-deterministic-episodes` episodes of the final policy's mean action follow.
-    Runs on the CPU; keys: one per lifetime (lifetime_generator); on_block(steps done) after each block.
-
-    Returns the per-step record (N, steps, ...) of everything the outer update and the logs need."""
+    """Alg. 1's inner loop: N fresh agents each live a lifetime, learning from args.inner_reward only: r^i (sampled,
+    its mean in evaluation) or the baselines' sparse or shaped reward (meta_net unused). Evaluation adds episodes
+    of the final policy's mean action; on_block(steps done) after each block. Returns the record (N, steps, ...)."""
     n, L, T, U = len(tasks), args.lifetime_steps, args.max_episode_steps, args.steps_per_update
     steps = L + (args.eval_deterministic_episodes * T if evaluation else 0)
     intrinsic = args.inner_reward == "intrinsic"
-    generators = [lifetime_generator(key) for key in keys]
+    # a lifetime's every random number (init, action and r^i noise, shuffles), the same in any worker, from its key:
+    # (TRAIN, seed, update, index), (VALIDATION, seed, task, 0) or (EVALUATION, seed, task, repeat)
+    generators = [torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0])) for key in keys]
     agents = InnerAgents(n, generators)  # theta re-initialised for every lifetime
     optimizer = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
     # each lifetime's noise for every step: its actions' (4) and its r^i's (1)
@@ -537,7 +478,6 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False, on
     meta_inputs, meta_actions, meta_logprobs, meta_values = z(META_INPUT_DIM), z(), z(), z()
     sparse, shaped, success = z(), z(), z()
     inner_rewards = {"intrinsic": meta_actions, "sparse": sparse, "shaped": shaped}[args.inner_reward]
-
     t0 = time.perf_counter()
     next_obs = torch.as_tensor(envs.set_tasks(tasks))
     state = meta_net.initial_state(n) if intrinsic else None
@@ -564,13 +504,11 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False, on
             meta_inputs[:, t] = x
             with torch.no_grad():
                 mean, std, meta_values[:, t], state = meta_net.step(x, state)
-                # r^i_t ~ N(mean, std) in training (its mean in evaluation): what the inner PPO gets and
-                # what is fed back
+                # r^i_t ~ N(mean, std) in training (its mean in evaluation): the inner reward, and fed back
                 prev_r = mean if evaluation else mean + std * noise[:, t, ACT_DIM]
                 meta_actions[:, t] = prev_r
                 meta_logprobs[:, t] = Normal(mean, std, validate_args=False).log_prob(prev_r)
             t0 = timer.add("inference", t0)
-
         if (t + 1) % U == 0 and t + 1 < L:  # the inner PPO update after each block of U steps
             blk = slice(t + 1 - U, t + 1)
             with torch.no_grad():  # V(s_t) of the block, in one batched call
@@ -587,28 +525,24 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False, on
 
 
 def lifetime_worker(remote, classes, max_episode_steps):
-    """A worker process: lives whole lifetimes, on the CPU with one torch thread. One message in per
-    batch (phi, tasks, keys, settings) and one out (the record of those lifetimes, the time split),
-    with the steps done sent after each block for the progress line."""
+    """A worker process living whole lifetimes on one torch thread, one batch per message (Lifetimes.run)."""
     torch.set_num_threads(1)
     envs = EnvGroup(classes, max_episode_steps)
     while (job := remote.recv()) is not None:
         phi, tasks, keys, args, evaluation = job
         try:
-            meta_net = None
-            if phi is not None:
-                meta_net = MetaNet(args.meta_std_scale)
+            meta_net = None if phi is None else MetaNet(args.meta_std_scale)
+            if meta_net is not None:
                 meta_net.load_state_dict(phi)
             timer = Timer()
             record = run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation, remote.send)
-            remote.send((record, timer.seconds))
+            remote.send((record, dict(timer)))
         except Exception as e:  # re-raised in the main process
             remote.send(e)
 
 
 class Lifetimes:
-    """Lives N lifetimes (run_lifetimes): in this process (--num-workers 1), or shared out over
-    worker processes that each live their share whole; the records are concatenated in order."""
+    """Lives N lifetimes here (--num-workers 1) or in worker processes, each living a share whole; records in order."""
 
     def __init__(self, classes, args):
         self.num_workers, self.remotes, self.procs = args.num_workers, [], []
@@ -625,14 +559,13 @@ class Lifetimes:
             self.procs.append(proc)
 
     def run(self, tasks, keys, meta_net, args, evaluation=False, progress=None):
-        """Returns the record (N, steps, ...) on the CPU and each worker's time split; progress(steps)
-        is called as the slowest worker finishes each block."""
+        """The record (N, steps, ...) on the CPU and each worker's time split; progress(slowest worker's steps)."""
         if self.num_workers == 1:
             net = None if meta_net is None else copy.deepcopy(meta_net).cpu()
             timer = Timer()
             torch.set_num_threads(1)
             try:
-                return run_lifetimes(self.envs, tasks, keys, net, args, timer, evaluation, progress), [timer.seconds]
+                return run_lifetimes(self.envs, tasks, keys, net, args, timer, evaluation, progress), [timer]
             finally:
                 torch.set_num_threads(UPDATE_THREADS)
         phi = None if meta_net is None else {k: v.cpu() for k, v in meta_net.state_dict().items()}
@@ -644,14 +577,14 @@ class Lifetimes:
         while busy:
             for remote in mp.connection.wait(list(busy)):
                 message = remote.recv()
+                if isinstance(message, Exception):  # re-raised here
+                    raise message
                 if isinstance(message, int):  # a worker finished a block
                     done[busy[remote]] = message
                     if progress and message == min(done):
                         progress(message)
-                    continue
-                if isinstance(message, Exception):  # re-raised here
-                    raise message
-                results[busy.pop(remote)] = message
+                else:
+                    results[busy.pop(remote)] = message
         return {k: torch.cat([rec[k] for rec, _ in results]) for k in results[0][0]}, [sec for _, sec in results]
 
     def close(self):
@@ -663,13 +596,11 @@ class Lifetimes:
                 proc.terminate()
 
 
-# ---- Outer loop: normalised shaped reward, the meta-advantage estimator, TBPTT PPO (SPEC 4) -
 class ShapedRewardNormalizer:
-    """Running mean of each task class's per-step shaped reward; r~ = r / (mean + 1e-7) * scale."""
+    """The outer reward (SPEC 4): r~ = r / (running mean of the class's per-step shaped reward + 1e-7) * scale."""
 
     def __init__(self, class_names, scale):
-        self.scale = scale
-        self.count, self.mean = {c: 0 for c in class_names}, {c: 0.0 for c in class_names}
+        self.scale, self.count, self.mean = scale, {c: 0 for c in class_names}, {c: 0.0 for c in class_names}
 
     def update(self, shaped, class_names):
         for c in set(class_names):
@@ -684,16 +615,12 @@ class ShapedRewardNormalizer:
 
 
 def meta_advantages(rewards, values, args):
-    """SPEC 4's influence-skipping n-step estimator, vectorised over lifetimes and time.
-
-    The network's action at t first changes behaviour at s_t = t + u_t, u_t = U - (t mod U). For each
-    horizon n with u_t < n and t + n < L:
+    """SPEC 4's influence-skipping n-step estimator on (N, L) rewards and values. phi's action at t first
+    changes behaviour at s_t = t + u_t, u_t = U - (t mod U). For each horizon n with u_t < n and t + n < L:
       A^(n)_t = sum_{j=s_t}^{t+n-1} g^(ep(j)-ep(s_t)) r~_j + g^(ep(t+n)-ep(s_t)) V_(t+n) - V_t,
-    A_t = sum_k decay^k A^(n_k) / sum_k decay^k over the qualifying horizons (n increasing), from
-    --meta-nsteps, else from --meta-nsteps-fallback. Steps where none qualifies (the last block, whose
-    rewards influence no update) get the Monte-Carlo target: A_t = sum_{j>=t} g^(ep(j)-ep(t)) r~_j - V_t,
-    so every A_t is finite and the critic is trained wherever it bootstraps.
-    rewards, values: (N, L). Returns advantages and value targets A_t + V_t, (N, L)."""
+    A_t = sum_k decay^k A^(n_k) / sum_k decay^k over the qualifying horizons of --meta-nsteps, else of
+    --meta-nsteps-fallback, else (the last block, whose rewards feed no update) the Monte-Carlo target
+    sum_{j>=t} g^(ep(j)-ep(t)) r~_j - V_t, so the critic learns wherever it bootstraps. Returns A_t, A_t + V_t."""
     L, T, U, g = rewards.shape[1], args.max_episode_steps, args.steps_per_update, args.meta_gamma
     dev = rewards.device
     r, v = rewards.double(), values.double()
@@ -712,7 +639,6 @@ def meta_advantages(rewards, values, args):
         ret = (C[:, e] - C[:, sc].unsqueeze(1)) / disc[sc // T] + disc[e // T] / disc[sc // T] * v[:, e]  # (N, K, L)
         weights = args.meta_nstep_decay ** (valid.cumsum(0) - 1).clamp(min=0).double() * valid
         return (weights * ret).sum(1) / weights.sum(0).clamp(min=1e-12), valid.any(0)
-
     primary, has_primary = nstep(args.meta_nsteps)
     fallback, has_fallback = nstep(args.meta_nsteps_fallback)
     monte_carlo = (C[:, L:] - C[:, :L]) / disc[t // T]
@@ -728,10 +654,8 @@ def tbptt_chunks(num_steps, tbptt_len, offset):
 
 
 def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
-    """PPO on the reward agent with truncated BPTT (SPEC 4). The stored inputs are replayed exactly
-    from a zero state; the hidden state is carried across chunks but detached between them.
-    The policy and entropy terms use the steps before the last inner update (later rewards feed no
-    update); the value loss uses every step, because the estimator bootstraps from all of them."""
+    """PPO on phi, truncated BPTT from a zero state (SPEC 4). The policy and entropy terms use the steps before
+    the last inner update (later rewards feed no update), the value loss every step (the estimator uses all)."""
     x, r, old_logprobs = batch["meta_inputs"], batch["meta_actions"], batch["meta_logprobs"]
     n, L = r.shape
     policy_steps = L - args.steps_per_update
@@ -775,12 +699,9 @@ def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
             optimizer.step()
         if kl_count and kl_sum / kl_count > args.meta_target_kl:
             break
-    out = {k: float(np.mean(v)) if v else float("nan") for k, v in stats.items()}
-    out["epochs"] = epoch + 1
-    return out
+    return {**{k: float(np.mean(v)) if v else float("nan") for k, v in stats.items()}, "epochs": epoch + 1}
 
 
-# ---- Evaluation (SPEC 6) --------------------------------------------------------------------
 def episode_success(success, episode_len):
     """(N, steps) per-step success flags -> (N, episodes): 1 where the episode succeeded at some step."""
     return success.view(len(success), -1, episode_len).amax(-1)
@@ -791,11 +712,8 @@ def success_columns(args):
 
 
 def evaluate(lifetimes, tasks, meta_net, args, repeats, seed, kind=EVALUATION):
-    """SPEC 6: for each task, `repeats` lifetimes of a fresh agent learning from the deterministic
-    signal, then episodes of its deterministic final policy; lifetimes run in batches of at most N,
-    lifetime (task i, repeat j) with the key (kind, seed, i, j). Returns one row per lifetime (success
-    per episode index, and the deterministic point: the mean over the deterministic episodes) and
-    the first lifetime's per-step record."""
+    """SPEC 6: per task, `repeats` lifetimes (keys (kind, seed, task, repeat); batches of at most N). Returns a row
+    per lifetime (success per episode; success_det: over the deterministic episodes) and the first one's record."""
     lifetimes_ = [(i, rep) for i in range(len(tasks)) for rep in range(repeats)]
     episodes, rows, first = args.lifetime_steps // args.max_episode_steps, [], None
     progress = Progress(f"{['', 'validation', 'evaluation'][kind]} seed {seed}: lifetimes", len(lifetimes_),
@@ -805,11 +723,9 @@ def evaluate(lifetimes, tasks, meta_net, args, repeats, seed, kind=EVALUATION):
         batch, _ = lifetimes.run([tasks[i] for i, _ in chunk], [(kind, seed, i, rep) for i, rep in chunk],
                                  meta_net, args, evaluation=True)
         for (i, rep), s in zip(chunk, episode_success(batch["success"], args.max_episode_steps).tolist()):
-            row = {"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": seed}
-            row.update(zip(success_columns(args), s[:episodes] + [float(np.mean(s[episodes:]))]))
-            rows.append(row)
-        if first is None:
-            first = {k: v[0] for k, v in batch.items()}
+            rows.append({"task": i, "env_name": tasks[i].env_name, "repeat": rep, "seed": seed,
+                         **dict(zip(success_columns(args), s[:episodes] + [float(np.mean(s[episodes:]))]))})
+        first = first or {k: v[0] for k, v in batch.items()}
         progress(len(rows))
     return rows, first
 
@@ -822,8 +738,7 @@ def seed_means(rows, columns):
 
 
 def summarize(rows, columns):
-    """Per success column, over all tasks and then per task: the mean, its standard error over
-    lifetimes, and the std over evaluation seeds of their means (NaN with one seed)."""
+    """Per success column, over all tasks then per task: mean, stderr over lifetimes, std over seeds' means."""
     out = []
     for task in ["all"] + sorted({r["task"] for r in rows}):
         selected = [r for r in rows if task == "all" or r["task"] == task]
@@ -837,8 +752,7 @@ def summarize(rows, columns):
 
 
 def table_row(rows, columns):
-    """The paper's table columns (episodes 1-4, 5-8, 9-12 and the deterministic point) -> (mean, error):
-    with several seeds the error is the std over seeds of their means, else the standard error over lifetimes."""
+    """The paper's table (eps 1-4, 5-8, 9-12, deterministic) -> (mean, std over seeds' means, else stderr)."""
     e = len(columns) - 1
     spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
     spans["deterministic"] = slice(e, e + 1)
@@ -850,19 +764,6 @@ def table_row(rows, columns):
     return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0) for name, x in v.items()}
 
 
-def print_eval_table(rows, columns, label):
-    seeds = len({str(r["seed"]) for r in rows})
-    print(f"{label}: success rate over {len(rows)} lifetimes on {len({r['task'] for r in rows})} tasks (mean +- "
-          f"{f'std over {seeds} evaluation seeds' if seeds > 1 else 'standard error over lifetimes'})")
-    print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
-    print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def write_csv(path, rows, fieldnames=None):
     """Atomic (temp file, then rename); a row without a column leaves its cell empty."""
     with open(path + ".tmp", "w", newline="") as f:
@@ -872,14 +773,9 @@ def write_csv(path, rows, fieldnames=None):
     os.replace(path + ".tmp", path)
 
 
-TRACE_FILE = "reward_trace.csv"  # per step of one evaluation lifetime: r^i next to the shaped reward
-
-
 def write_trace(path, record, args):
-    """What the network rewards: per step of one evaluation lifetime, the intrinsic reward next to
-    the shaped reward and the sparse signal. Returns its correlations with the shaped and sparse ones."""
-    L = args.lifetime_steps
-    signal = record["meta_actions"]
+    """Per step of one evaluation lifetime, r^i next to the shaped and sparse rewards; their correlations."""
+    L, signal = args.lifetime_steps, record["meta_actions"]
     columns = {"intrinsic_reward": signal, "shaped_reward": record["shaped"][:L],
                "sparse_reward": record["sparse"][:L], "success": record["success"][:L]}
     write_csv(path, [{"step": t, "episode": t // args.max_episode_steps + 1,
@@ -889,19 +785,19 @@ def write_trace(path, record, args):
 
 
 def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net):
-    """The paper's table row for args.inner_reward: evaluate on the held-out split, write the CSVs.
-    Each lifetime's randomness comes from (evaluation seed, task, repeat), so the rows depend only on
-    the network and the seed, not on what ran before; the tasks are the benchmark's (built with the
-    network's meta-training seed) for every seed. The CSVs are rewritten after each seed: a stopped
-    evaluation keeps its finished seeds."""
-    tasks = evaluation_tasks(args, benchmark)
+    """The paper's table row for args.inner_reward; the CSVs are rewritten after each seed (a stop keeps those)."""
+    tasks, columns, seeds = evaluation_tasks(args, benchmark), success_columns(args), args.eval_seeds or (args.seed,)
     rows, first = [], None
-    for seed in args.eval_seeds or (args.seed,):
+    for seed in seeds:
         seed_rows, record = evaluate(lifetimes, tasks, meta_net, args, args.eval_repeats, seed)
         rows, first = rows + [{**row, "inner_reward": args.inner_reward} for row in seed_rows], first or record
         write_csv(os.path.join(run_dir, "eval.csv"), rows)
-        write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, success_columns(args)))
-    print_eval_table(rows, success_columns(args), f"evaluation ({args.inner_reward}, {args.eval_split} tasks)")
+        write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, columns))
+    print(f"evaluation ({args.inner_reward}, {args.eval_split} tasks): success rate over {len(rows)} lifetimes on "
+          f"{len(tasks)} tasks (mean +- "
+          f"{f'std over {len(seeds)} evaluation seeds' if len(seeds) > 1 else 'standard error over lifetimes'})")
+    print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
+    print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
     if args.inner_reward == "intrinsic":
         c_shaped, c_sparse = write_trace(os.path.join(run_dir, TRACE_FILE), first, args)
         print(f"  first lifetime: corr(intrinsic, shaped) = {c_shaped:.3f}, corr(intrinsic, sparse) = {c_sparse:.3f}")
@@ -909,81 +805,40 @@ def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net):
     return rows
 
 
-# ---- Checkpoints ----------------------------------------------------------------------------
-SCRIPT = "metareward"
-VALIDATION_SEED_OFFSET = 10_000  # the validation goals come from the benchmark built with seed + this
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used: reported as one line before any work is done."""
-
-
-def save_checkpoint(path, **state):
+def save_checkpoint(path, args, update, meta_net, **state):
     """Atomic: a crash while writing leaves the previous file intact (temp file, then rename)."""
-    torch.save({"script": SCRIPT, **state}, path + ".tmp")
+    state = {"script": SCRIPT, "args": asdict(args), "update": update, "meta_net": meta_net.state_dict(), **state}
+    torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
 def load_checkpoint(path):
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise ConfigError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {type(e).__name__}")
+        raise ConfigError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {type(e).__name__}")
     if not isinstance(ckpt, dict) or not {"script", "args", "meta_net"} <= set(ckpt):
-        raise CheckpointError(f"{path} is not a checkpoint of this project")
+        raise ConfigError(f"{path} is not a checkpoint of this project")
     if ckpt["script"] != SCRIPT:
-        raise CheckpointError(f"{path} was written by {ckpt['script']}.py, not {SCRIPT}.py")
+        raise ConfigError(f"{path} was written by {ckpt['script']}.py, not {SCRIPT}.py")
     return ckpt
 
 
-def meta_net_from(ckpt, path, device="cpu"):
+def load_meta_net(path, device="cpu", ckpt=None):
+    """The reward network of a checkpoint (checkpoint.pt or meta_net_best.pt; ckpt: already loaded from path)."""
+    ckpt = ckpt or load_checkpoint(path)
     meta_net = MetaNet(ckpt["args"]["meta_std_scale"]).to(device)
     try:
         meta_net.load_state_dict(ckpt["meta_net"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit this script's network: {str(e).strip().splitlines()[-1].strip()}")
+        raise ConfigError(f"{path} does not fit this script's network: {str(e).strip().splitlines()[-1].strip()}")
     return meta_net
 
 
-def load_meta_net(path, device="cpu"):
-    """The reward network of a checkpoint (checkpoint.pt or meta_net_best.pt)."""
-    return meta_net_from(load_checkpoint(path), path, device)
-
-
-def rng_states(task_rng):
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "task": task_rng.bit_generator.state,
-            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-
-
-def set_rng_states(states, task_rng):
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    task_rng.bit_generator.state = states["task"]
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-
-
-# ---- Meta-training (Algorithm 1) and main ---------------------------------------------------
-def update_metrics(batch, returns, args):
-    """What one outer update logs about its lifetimes (success per episode index, shaped return)."""
-    n, L = batch["shaped"].shape
-    T = args.max_episode_steps
-    row = {f"charts/{c}": float(v) for c, v in zip(success_columns(args), episode_success(batch["success"], T).mean(0))}
-    row["charts/shaped_return"] = float(batch["shaped"].view(n, L // T, T).sum(-1).mean())
-    row["charts/meta_action_mean"] = float(batch["meta_actions"].mean())
-    row["charts/meta_action_std"] = float(batch["meta_actions"].std())
-    var, error = returns.var(), returns - batch["meta_values"]
-    row["losses/explained_variance"] = float("nan") if var == 0 else float(1 - error.var() / var)
-    return row
-
-
 def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
-    """Algorithm 1: outer updates of the reward network, each from N lifetimes. Logs a CSV
-    row per update, validates every --val-every updates (keeping the best network), checkpoints every
-    --save-every updates and at the end; with ckpt (--resume) it continues exactly where that stopped."""
+    """Algorithm 1: outer updates of phi, logged, validated and checkpointed; ckpt (--resume) continues exactly."""
     meta_net = MetaNet(args.meta_std_scale).to(device)
     optimizer = torch.optim.Adam(meta_net.parameters(), lr=args.meta_learning_rate, eps=1e-5)
     normalizer = ShapedRewardNormalizer(benchmark.train_classes, args.reward_scale)
@@ -992,22 +847,23 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
     if args.val_every:
         val_benchmark = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)
         val_tasks = sample_tasks(val_benchmark.train_classes, val_benchmark.train_tasks, args.val_tasks, None)
-    progress, best_val, first_update = os.path.join(run_dir, "progress.csv"), -np.inf, 1
+    progress, rows, best_val, first_update = os.path.join(run_dir, "progress.csv"), [], -np.inf, 1
     if ckpt is None:
         os.makedirs(run_dir, exist_ok=True)
-        fieldnames = None
     else:  # resume: restore every piece of state, and drop CSV rows written after the checkpoint
         meta_net.load_state_dict(ckpt["meta_net"])
         optimizer.load_state_dict(ckpt["optimizer"])
         normalizer.count, normalizer.mean = dict(ckpt["normalizer"]["count"]), dict(ckpt["normalizer"]["mean"])
-        set_rng_states(ckpt["rng"], task_rng)
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        task_rng.bit_generator.state = rng["task"]
+        np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
         best_val, first_update = ckpt["best_val"], ckpt["update"] + 1
         if not os.path.isfile(progress):
-            raise CheckpointError(f"the run folder of {args.resume} has no progress.csv to continue")
+            raise ConfigError(f"the run folder of {args.resume} has no progress.csv to continue")
         with open(progress, newline="") as f:
-            fieldnames = csv.DictReader(f).fieldnames
-        write_csv(progress, [r for r in read_csv(progress) if int(r["update"]) <= ckpt["update"]], fieldnames)
-
+            rows = [r for r in csv.DictReader(f) if int(r["update"]) <= ckpt["update"]]
     steps_per_outer = args.lifetimes_per_update * args.lifetime_steps
     try:  # the rows as TensorBoard scalars too (`tensorboard --logdir runs`) when tensorboard is installed
         from torch.utils.tensorboard import SummaryWriter
@@ -1016,8 +872,8 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
         tb_writer = None
         print("tensorboard is not installed: progress.csv only (pip install tensorboard for live curves)")
     start_time = time.time()
-    episodes = args.lifetime_steps // args.max_episode_steps
-    last4 = [f"success_ep{e:02d}" for e in range(max(1, episodes - 3), episodes + 1)]
+    columns = success_columns(args)
+    last4 = columns[-5:-1]  # the last 4 episodes (before success_det)
     for update in range(first_update, args.num_outer_updates + 1):
         update_start, timer = time.perf_counter(), Timer()
         try:
@@ -1025,13 +881,13 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
             tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
             classes = [task.env_name for task in tasks]
             t0 = time.perf_counter()
-            batch, workers = lifetimes.run(tasks, [(TRAIN, args.seed, update, i) for i in range(len(tasks))], meta_net,
-                                           args, progress=Progress(f"update {update}: lifetime steps", args.lifetime_steps,
-                                                                   logged=False))
+            keys = [(TRAIN, args.seed, update, i) for i in range(len(tasks))]
+            progress_line = Progress(f"update {update}: lifetime steps", args.lifetime_steps, logged=False)
+            batch, workers = lifetimes.run(tasks, keys, meta_net, args, progress=progress_line)
             batch = {k: v.to(device) for k, v in batch.items()}
             t0 = timer.add("lifetimes", t0)  # the main process waits for the lifetimes
             for part in ("env", "inference", "inner_ppo"):  # their time split, the mean over workers
-                timer.seconds[part] = float(np.mean([w.get(part, 0.0) for w in workers]))
+                timer[part] = float(np.mean([w.get(part, 0.0) for w in workers]))
             # the outer reward r~, the meta-advantages A_t, and the PPO update of phi (SPEC 4)
             normalizer.update(batch["shaped"], classes)
             advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["meta_values"], args)
@@ -1040,13 +896,17 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
             timer.add("outer_ppo", t0)
         except FloatingPointError as e:
             raise FloatingPointError(f"update {update}: {e}; the last good checkpoint is kept in {run_dir}") from None
-        seconds = time.perf_counter() - update_start
+        seconds, T = time.perf_counter() - update_start, args.max_episode_steps
+        success = episode_success(batch["success"], T).mean(0)  # per episode index
+        var, error = returns.var(), returns - batch["meta_values"]
         row = {"update": update, "global_step": update * steps_per_outer, "charts/SPS": steps_per_outer / seconds,
-               "charts/seconds_per_update": seconds}
-        row.update(update_metrics(batch, returns, args))
-        row.update({f"losses/{k}": v for k, v in stats.items()})
-        row.update({f"time/{k}": v for k, v in timer.seconds.items()})
-        row.update({"val/success_last4": "", "val/success_det": ""})
+               "charts/seconds_per_update": seconds, **{f"charts/{c}": float(v) for c, v in zip(columns, success)},
+               "charts/shaped_return": float(batch["shaped"].view(len(tasks), -1, T).sum(-1).mean()),
+               "charts/meta_action_mean": float(batch["meta_actions"].mean()),
+               "charts/meta_action_std": float(batch["meta_actions"].std()),
+               "losses/explained_variance": float("nan") if var == 0 else float(1 - error.var() / var),
+               **{f"losses/{k}": v for k, v in stats.items()}, **{f"time/{k}": v for k, v in timer.items()},
+               "val/success_last4": "", "val/success_det": ""}
         if args.val_every and update % args.val_every == 0:  # held-out validation lifetimes, deterministic phi
             val_rows, _ = evaluate(lifetimes, val_tasks, meta_net, args, 1, args.seed, VALIDATION)
             row["val/success_last4"] = float(np.mean([[r[c] for c in last4] for r in val_rows]))
@@ -1054,23 +914,20 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
             score = (row["val/success_last4"] + row["val/success_det"]) / 2
             if score > best_val:
                 best_val = score
-                save_checkpoint(os.path.join(run_dir, "meta_net_best.pt"), args=asdict(args), update=update,
-                                meta_net=meta_net.state_dict(), val_score=score)
-        if fieldnames is None or not set(row) <= set(fieldnames):  # a new run, or an older run's new columns
-            fieldnames = list(dict.fromkeys((fieldnames or []) + list(row)))
-            write_csv(progress, (read_csv(progress) if os.path.isfile(progress) else []) + [row], fieldnames)
-        else:
-            with open(progress, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=fieldnames).writerow(row)
+                save_checkpoint(os.path.join(run_dir, "meta_net_best.pt"), args, update, meta_net, val_score=score)
+        rows.append(row)  # the whole file rewritten; columns new to a resumed older run go last
+        write_csv(progress, rows, list(dict.fromkeys(k for r in rows for k in r)))
         if tb_writer:  # the same row: scalars over global_step
             for tag in [k for k in row if "/" in k and row[k] != ""]:
                 tb_writer.add_scalar(tag, row[tag], row["global_step"])
             tb_writer.flush()
         if update % args.save_every == 0 or update == args.num_outer_updates:
-            save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=asdict(args), update=update,
-                            meta_net=meta_net.state_dict(), optimizer=optimizer.state_dict(),
-                            normalizer={"count": normalizer.count, "mean": normalizer.mean},
-                            rng=rng_states(task_rng), best_val=best_val)
+            np_state = np.random.get_state()  # its keys as a tensor: torch.load(weights_only=True) refuses numpy
+            rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "task": task_rng.bit_generator.state,
+                   "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+            save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args, update, meta_net,
+                            optimizer=optimizer.state_dict(),
+                            normalizer={"count": normalizer.count, "mean": normalizer.mean}, rng=rng, best_val=best_val)
         eta = (time.time() - start_time) / (update - first_update + 1) * (args.num_outer_updates - update)
         val = "" if row["val/success_det"] == "" else \
             f" | val last4 {row['val/success_last4']:.2f} det {row['val/success_det']:.2f}"
@@ -1083,26 +940,23 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
 
 
 def main(args):
-    ckpt = None
+    path = args.resume or args.eval_checkpoint
+    ckpt = load_checkpoint(path) if path else None
     if args.resume:  # the checkpoint's settings; only these three may change
-        ckpt = load_checkpoint(args.resume)
         if "optimizer" not in ckpt:
-            raise CheckpointError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
+            raise ConfigError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
         try:  # older checkpoints also hold --plot's settings (now tools/plot_results.py)
             saved = Args(**{k: v for k, v in ckpt["args"].items() if k not in ("plot", "plot_file")})
         except TypeError as e:
-            raise CheckpointError(f"{args.resume} has settings this script does not know: {e}")
+            raise ConfigError(f"{args.resume} has settings this script does not know: {e}")
         args = replace(saved, resume=args.resume, num_workers=args.num_workers, cuda=args.cuda,
                        num_outer_updates=args.num_outer_updates or saved.num_outer_updates)
-    elif args.eval_checkpoint:
-        ckpt = load_checkpoint(args.eval_checkpoint)
     check_args(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
     trained = ckpt["args"] if args.eval_checkpoint else asdict(args)  # the network's meta-training settings
     benchmark = make_benchmark(args, trained["seed"])  # an evaluated network's goals: those of its own seed
     sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, None)  # enough tasks?
@@ -1111,7 +965,7 @@ def main(args):
     task_name = args.env_name if args.benchmark == "ML1" else "ML10"
     run_dir = (os.path.dirname(args.resume) if args.resume else
                os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
-    meta_net = meta_net_from(ckpt, args.eval_checkpoint, device) if args.eval_checkpoint else None
+    meta_net = load_meta_net(args.eval_checkpoint, device, ckpt) if args.eval_checkpoint else None
     lifetimes = Lifetimes({**benchmark.train_classes, **benchmark.test_classes}, args)
     print(f"run folder: {run_dir}\nevaluation tasks: the {args.eval_split} split of the benchmark built with seed "
           f"{trained['seed']}")
