@@ -1316,5 +1316,5 @@ def test_shipped_advantage_network_loads_and_signals_a_real_lifetime(ml1):
     assert a.std() > 0
     _, _, means = replay(meta_net, {k: v for k, v in batch.items() if k.startswith("meta_")}, 16, 16, m=ma)
     torch.testing.assert_close(a, means, atol=1e-5, rtol=0)  # evaluation: the mean, of this network
-    with pytest.raises(mr.CheckpointError, match="written by metareward_advantage.py, not metareward.py"):
+    with pytest.raises(mr.ConfigError, match="written by metareward_advantage.py, not metareward.py"):
         mr.load_meta_net(SHIPPED_ADVANTAGE)
