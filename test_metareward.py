@@ -1046,19 +1046,21 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
 
 
 def test_plot_tool_gives_the_readme_results(tmp_path):
-    """The README's results and trace tables are what tools/plot_results.py prints from results/door-close-v3."""
-    runs = sorted(glob.glob(os.path.join(HERE, "results", "door-close-v3", "*", "")))
-    proc = subprocess.run([sys.executable, PLOT_TOOL, *runs, "--plot-file", str(tmp_path / "r.png")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
-    lines = proc.stdout.splitlines()
-    printed = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in lines}  # method -> cells
+    """Each README results table is what tools/plot_results.py prints from the results folders of its task."""
     readme = open(os.path.join(HERE, "README.md")).read().splitlines()
-    for label, method in [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"),
-                          ("PPO shaped", "shaped"), ("PPO sparse", "sparse")]:
-        cells = next(line for line in readme if line.startswith(f"| {label} ")).replace("**", "").split(" | ")
-        seeds, lifetimes = map(int, cells[1].split(" x "))
-        assert printed[method][1:] == [str(seeds), str(seeds * lifetimes)] + cells[2:6]
+    for task in ("door-close", "button-press"):
+        runs = sorted(glob.glob(os.path.join(HERE, "results", f"{task}-v3", "*", "")))
+        proc = subprocess.run([sys.executable, PLOT_TOOL, *runs, "--plot-file", str(tmp_path / "r.png")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+        printed = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in proc.stdout.splitlines()}
+        start = readme.index(f"## Results (ML1 {task})")  # the task's section, up to the next "## "
+        section = readme[start + 1:next(i for i in range(start + 1, len(readme)) if readme[i].startswith("## "))]
+        for label, method in [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"),
+                              ("PPO shaped", "shaped"), ("PPO sparse", "sparse")]:
+            cells = next(line for line in section if line.startswith(f"| {label} ")).replace("**", "").split(" | ")
+            seeds, lifetimes = map(int, cells[1].split(" x "))
+            assert printed[method][1:] == [str(seeds), str(seeds * lifetimes)] + cells[2:6]
     for network in ("intrinsic_update50", "advantage_update50"):  # each network's trace table
         proc = subprocess.run([sys.executable, PLOT_TOOL, os.path.join(HERE, "results", "door-close-v3", network),
                                "--plot-file", str(tmp_path / "t.png")], capture_output=True, text=True, timeout=120)
