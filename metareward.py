@@ -968,7 +968,10 @@ def main(args):
     meta_net = load_meta_net(args.eval_checkpoint, device, ckpt) if args.eval_checkpoint else None
     lifetimes = Lifetimes({**benchmark.train_classes, **benchmark.test_classes}, args)
     print(f"run folder: {run_dir}\nevaluation tasks: the {args.eval_split} split of the benchmark built with seed "
-          f"{trained['seed']}")
+          f"{trained['seed']} ({task_name})")
+    trained_on = trained["env_name"] if trained["benchmark"] == "ML1" else "ML10"
+    if trained_on != task_name:  # allowed (a transfer test), but easy to do by mistake: --env-name is not taken from it
+        print(f"note: the network was meta-trained on {trained_on}, not {task_name}; --env-name sets the evaluation's task")
     try:
         if args.inner_reward == "intrinsic" and not args.eval_checkpoint:
             meta_net = meta_train(args, run_dir, benchmark, lifetimes, device, ckpt)

@@ -83,9 +83,19 @@ def goals(tasks):
     return [(t.env_name, pickle.loads(t.data)["rand_vec"].tobytes()) for t in tasks]
 
 
+_ml1s = {}
+
+
+def ml1_of(env_name):
+    """MetaWorld's ML1 benchmark of one task (seed 1), built once per test session."""
+    if env_name not in _ml1s:
+        _ml1s[env_name] = metaworld.ML1(env_name, seed=1)
+    return _ml1s[env_name]
+
+
 @pytest.fixture(scope="module")
 def ml1():
-    return metaworld.ML1("door-close-v3", seed=1)
+    return ml1_of("door-close-v3")
 
 
 @pytest.fixture(scope="module", params=[mr, ma], ids=["reward", "advantage"])
@@ -775,7 +785,8 @@ def test_goal_position_is_zero_in_what_agents_and_network_see(spied_run):
 def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoints, tmp_path, monkeypatch, capsys):
     """The saved network was meta-trained with seed 1. In MetaWorld 3.1.1 ML1(seed=0)'s test goals are
     ML1(seed=1)'s train goals: evaluated with --seed 0, it must still get seed 1's test goals; and an
-    evaluation on its training goals is refused with one line, before any work."""
+    evaluation on its training goals is refused with one line, before any work. Evaluated on another
+    task (allowed, as a transfer test), the output says so."""
     monkeypatch.chdir(tmp_path)
     path = saved_checkpoints[m]
     one, zero = (cached_make_benchmark(tiny_args(m), seed) for seed in (1, 0))
@@ -784,7 +795,10 @@ def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoi
     monkeypatch.setattr(m, "evaluate", lambda envs, tasks, *a, **kw: seen.append(list(tasks)) or real(envs, tasks, *a, **kw))
     m.main(tiny_args(m, seed=0, eval_checkpoint=path, eval_repeats=1))
     assert [goals(tasks) for tasks in seen] == [goals(one.test_tasks[:2])]
-    assert "the test split of the benchmark built with seed 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the test split of the benchmark built with seed 1 (door-close-v3)" in out and "note:" not in out
+    m.main(tiny_args(m, eval_checkpoint=path, eval_repeats=1, eval_tasks=1, env_name="button-press-v3"))  # transfer
+    assert "note: the network was meta-trained on door-close-v3, not button-press-v3" in capsys.readouterr().out
     runs = sorted(os.listdir("runs"))
     for argv in (tiny_argv(eval_checkpoint=path, eval_split="train"), tiny_argv(eval_split="train")):  # saved, to train
         with pytest.raises(SystemExit) as exc:
@@ -1243,8 +1257,17 @@ def test_an_error_in_a_worker_process_stops_the_run_with_one_line(m, tmp_path, m
     assert time.perf_counter() - start < 60  # not the busy worker's 120 s
 
 
-# The shipped network (checkpoints/) -----------------------------------------------------------------
-SHIPPED = os.path.join(HERE, "checkpoints", "door-close-v3_seed1_update50.pt")
+# The shipped networks (checkpoints/) ----------------------------------------------------------------
+# Per task, the network file and its mean output at steps 0, 5, 10, 12 (the success step), 19 of
+# fixed_meta_input() when it shipped.
+SHIPPED = {
+    "door-close-v3": ("door-close-v3_seed1_update50.pt", [-0.035799, 0.035447, -0.021396, -0.063259, -0.068456]),
+    "button-press-v3": ("button-press-v3_seed1_update25.pt", [0.022218, 0.009428, 0.020312, 0.013444, -0.00359]),
+}
+SHIPPED_ADVANTAGE = {
+    "door-close-v3": ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
+    "button-press-v3": ("button-press-v3_advantage_seed1_update25.pt", [0.125735, 0.123634, 0.143956, 0.312005, 0.217337]),
+}
 
 
 def fixed_meta_input(S=20, T=10):
@@ -1261,62 +1284,52 @@ def fixed_meta_input(S=20, T=10):
     return x.float()[None]
 
 
-def test_shipped_network_loads_and_rewards_a_real_lifetime(ml1):
-    """The reward network in the repo: the paper's settings, the network's shapes, the rewards it gave
-    when it shipped on a fixed input (among them the negative reward after a success), and on a short
-    lifetime of a door-close test task finite, non-constant rewards that are its mean on what it saw."""
-    ckpt = mr.load_checkpoint(SHIPPED)
-    paper = dataclasses.asdict(mr.Args())
-    settings = ("benchmark", "env_name", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
-                "max_episode_steps", "meta_learning_rate", "meta_std_scale", "tbptt_len", "meta_update_epochs")
+def check_shipped_network(m, path, env_name, pinned, settings):
+    """A shipped network of script m: meta-trained on env_name with the paper's settings (seed 1), the
+    network's shapes, the outputs it gave when it shipped on a fixed input, and on a short lifetime of
+    one of the task's test goals finite, non-constant outputs that are its mean on what it saw."""
+    ckpt = m.load_checkpoint(path)
+    paper = dataclasses.asdict(m.Args())
     assert {k: ckpt["args"][k] for k in settings} == {k: paper[k] for k in settings}
-    meta_net = mr.load_meta_net(SHIPPED)
+    assert ckpt["args"]["env_name"] == env_name and ckpt["args"]["seed"] == 1
+    meta_net = m.load_meta_net(path)
     assert {k: v.shape for k, v in meta_net.state_dict().items()} == \
-        {k: v.shape for k, v in mr.MetaNet().state_dict().items()}
+        {k: v.shape for k, v in m.MetaNet().state_dict().items()}
     with torch.no_grad():
         mean = meta_net(fixed_meta_input(), meta_net.initial_state(1))[0][0]
-    assert mean[[0, 5, 10, 12, 19]].tolist() == pytest.approx([-0.035799, 0.035447, -0.021396, -0.063259, -0.068456],
-                                                              abs=1e-5)
-    args = tiny_args(lifetimes_per_update=2)
-    tasks = mr.sample_tasks(ml1.test_classes, ml1.test_tasks, 2, None)
-    batch = mr.run_lifetimes(mr.EnvGroup(ml1.test_classes, args.max_episode_steps), tasks, train_keys(mr, 2),
-                             meta_net, args, mr.Timer(), evaluation=True)
-    r = batch["meta_actions"]
-    assert r.shape == (2, args.lifetime_steps) and torch.isfinite(r).all()
-    assert r.std() > 0
-    _, _, means = replay(meta_net, {k: v for k, v in batch.items() if k.startswith("meta_")}, 16, 16)
-    torch.testing.assert_close(r, means, atol=1e-5, rtol=0)  # evaluation: the mean, of this network
+    assert mean[[0, 5, 10, 12, 19]].tolist() == pytest.approx(pinned, abs=1e-5)
+    bench = ml1_of(env_name)
+    args = tiny_args(m, lifetimes_per_update=2)
+    tasks = m.sample_tasks(bench.test_classes, bench.test_tasks, 2, None)
+    batch = m.run_lifetimes(m.EnvGroup(bench.test_classes, args.max_episode_steps), tasks, train_keys(m, 2),
+                            meta_net, args, m.Timer(), evaluation=True)
+    out = batch["meta_actions"]
+    assert out.shape == (2, args.lifetime_steps) and torch.isfinite(out).all()
+    assert out.std() > 0
+    _, _, means = replay(meta_net, {k: v for k, v in batch.items() if k.startswith("meta_")}, 16, 16, m=m)
+    torch.testing.assert_close(out, means, atol=1e-5, rtol=0)  # evaluation: the mean, of this network
 
 
-SHIPPED_ADVANTAGE = os.path.join(HERE, "checkpoints", "door-close-v3_advantage_seed1_update50.pt")
+@pytest.mark.parametrize("env_name", SHIPPED)
+def test_shipped_network_loads_and_rewards_a_real_lifetime(env_name):
+    """The reward network shipped for each task (see check_shipped_network)."""
+    name, pinned = SHIPPED[env_name]
+    check_shipped_network(mr, os.path.join(HERE, "checkpoints", name), env_name, pinned,
+                          ("benchmark", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
+                           "max_episode_steps", "meta_learning_rate", "meta_std_scale", "tbptt_len",
+                           "meta_update_epochs"))
 
 
-def test_shipped_advantage_network_loads_and_signals_a_real_lifetime(ml1):
-    """The advantage network in the repo: the paper's settings of the variant, the network's shapes,
-    the advantages it gave when it shipped on a fixed input, finite non-constant A^m on a short
-    lifetime of a door-close test task that are its mean on what it saw; metareward.py refuses it."""
-    ckpt = ma.load_checkpoint(SHIPPED_ADVANTAGE)
-    paper = dataclasses.asdict(ma.Args())
-    settings = ("benchmark", "env_name", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
-                "max_episode_steps", "meta_learning_rate", "meta_std_scale", "meta_ent_coef", "tbptt_len",
-                "meta_update_epochs", "seed")
-    assert {k: ckpt["args"][k] for k in settings} == {k: paper[k] for k in settings}
-    assert ckpt["args"]["meta_std_scale"] == 1.0 and ckpt["args"]["meta_ent_coef"] == 0.0005
-    meta_net = ma.load_meta_net(SHIPPED_ADVANTAGE)
-    assert {k: v.shape for k, v in meta_net.state_dict().items()} == \
-        {k: v.shape for k, v in ma.MetaNet().state_dict().items()}
-    with torch.no_grad():
-        mean = meta_net(fixed_meta_input(), meta_net.initial_state(1))[0][0]
-    assert mean[[0, 5, 10, 12, 19]].tolist() == pytest.approx([0.406415, 0.506746, 0.461644, 0.685982, 0.328066],
-                                                              abs=1e-5)  # 12: the success step
-    args = tiny_args(ma, lifetimes_per_update=2)
-    tasks = ma.sample_tasks(ml1.test_classes, ml1.test_tasks, 2, None)
-    batch = ma.run_lifetimes(ma.EnvGroup(ml1.test_classes, args.max_episode_steps), tasks, train_keys(ma, 2),
-                             meta_net, args, ma.Timer(), evaluation=True)
-    a = batch["meta_actions"]
-    assert a.shape == (2, args.lifetime_steps) and torch.isfinite(a).all()
-    assert a.std() > 0
-    _, _, means = replay(meta_net, {k: v for k, v in batch.items() if k.startswith("meta_")}, 16, 16, m=ma)
-    torch.testing.assert_close(a, means, atol=1e-5, rtol=0)  # evaluation: the mean, of this network
+@pytest.mark.parametrize("env_name", SHIPPED_ADVANTAGE)
+def test_shipped_advantage_network_loads_and_signals_a_real_lifetime(env_name):
+    """The advantage network shipped for each task (see check_shipped_network), with the variant's
+    own paper settings; metareward.py refuses it."""
+    name, pinned = SHIPPED_ADVANTAGE[env_name]
+    path = os.path.join(HERE, "checkpoints", name)
+    check_shipped_network(ma, path, env_name, pinned,
+                          ("benchmark", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
+                           "max_episode_steps", "meta_learning_rate", "meta_std_scale", "meta_ent_coef",
+                           "tbptt_len", "meta_update_epochs"))
+    assert ma.Args().meta_std_scale == 1.0 and ma.Args().meta_ent_coef == 0.0005
     with pytest.raises(mr.ConfigError, match="written by metareward_advantage.py, not metareward.py"):
-        mr.load_meta_net(SHIPPED_ADVANTAGE)
+        mr.load_meta_net(path)
