@@ -48,20 +48,22 @@ class Args:
     """if toggled, use CUDA (an error where it is not available; the workload is bound by CPU env stepping)"""
 
     # Environments (SPEC 1, 8)
-    benchmark: Literal["ML1", "ML10"] = "ML1"
-    """the MetaWorld meta-learning benchmark"""
-    env_name: str = "door-close-v3"
-    """the ML1 task class (ignored for ML10)"""
+    benchmark: Optional[Literal["ML1", "ML10"]] = None
+    """the MetaWorld meta-learning benchmark (None = ML1; with --eval-checkpoint, the network's)"""
+    env_name: Optional[str] = None
+    """the ML1 task class, ignored for ML10 (None = door-close-v3; with --eval-checkpoint, the network's)"""
     max_episode_steps: int = 500
     """episode length T (MetaWorld's max_path_length; lower it only for quick tests)"""
-    num_workers: int = 1
-    """processes that live the lifetimes, each a share of them whole (1 = in this process); results do not depend on it"""
+    num_workers: Optional[int] = None
+    """processes that live the lifetimes, each a share of them whole (None = the cores available, at most N; 1 = in
+    this process); results do not depend on it"""
 
     # Meta-training: the outer loop (SPEC 4)
     num_outer_updates: Optional[int] = None
     """outer PPO updates (None = the paper's: 500 for ML1, 1500 for ML10)"""
     lifetimes_per_update: int = 30
-    """N, the meta-batch: lifetimes (distinct train tasks) per outer update"""
+    """N, the meta-batch: lifetimes (distinct train tasks) per outer update; validation and evaluation live their
+    lifetimes in batches of N too (results do not depend on it)"""
     lifetime_steps: int = 6000
     """env steps of one lifetime (12 episodes)"""
     meta_learning_rate: float = 5e-5
@@ -130,7 +132,7 @@ class Args:
     """validation lifetimes: one per fresh goal of the train classes, disjoint from the train and test tasks"""
 
     # Checkpoints
-    save_every: int = 25
+    save_every: int = 5
     """write the checkpoint every this many outer updates (and at the end)"""
     resume: Optional[str] = None
     """continue the run of this checkpoint (its settings; --num-outer-updates may extend it)"""
@@ -142,6 +144,7 @@ class ConfigError(ValueError):
 
 def check_args(args):
     """Fill the benchmark-dependent defaults and reject inconsistent settings early."""
+    args.benchmark, args.env_name = args.benchmark or "ML1", args.env_name or "door-close-v3"
     if args.num_outer_updates is None:
         args.num_outer_updates = 500 if args.benchmark == "ML1" else 1500
     if args.benchmark == "ML1" and args.env_name not in metaworld.ML1.ENV_NAMES:
@@ -155,6 +158,9 @@ def check_args(args):
         ("meta_nstep_decay", lambda x: 0 <= x <= 1, "in [0, 1]"),
         ("meta_clip_coef clip_coef meta_max_grad_norm max_grad_norm meta_target_kl", lambda x: x > 0, "> 0"),
         ("meta_ent_coef meta_vf_coef ent_coef", lambda x: 0 <= x < math.inf, "finite and >= 0"))
+    if args.num_workers is None:  # one process per core this process may use, at most one per lifetime
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        args.num_workers = min(cores, args.lifetimes_per_update)
     for names, valid, what in ranges:
         for name in names.split():
             if not valid(getattr(args, name)):
@@ -914,6 +920,9 @@ def main(args):
             raise ConfigError(f"{args.resume} has settings this script does not know: {e}")
         args = replace(saved, resume=args.resume, num_workers=args.num_workers, cuda=args.cuda,
                        num_outer_updates=args.num_outer_updates or saved.num_outer_updates)
+    if args.eval_checkpoint:  # the network's benchmark and task, unless given (then a transfer test)
+        args = replace(args, benchmark=args.benchmark or ckpt["args"]["benchmark"],
+                       env_name=args.env_name or ckpt["args"]["env_name"])
     check_args(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -933,10 +942,20 @@ def main(args):
     print(f"run folder: {run_dir}\nevaluation tasks: the {args.eval_split} split of the benchmark built with seed "
           f"{trained['seed']} ({task_name})")
     trained_on = trained["env_name"] if trained["benchmark"] == "ML1" else "ML10"
-    if trained_on != task_name:  # allowed (a transfer test), but easy to do by mistake: --env-name is not taken from it
-        print(f"note: the network was meta-trained on {trained_on}, not {task_name}; --env-name sets the evaluation's task")
+    if trained_on != task_name:  # only when asked for: an evaluated network's task is the default
+        print(f"note: a transfer test: the network was meta-trained on {trained_on} and is evaluated on {task_name}")
+    # what is about to run, before the long work (the ETA follows each outer update and each evaluation batch)
+    if mode == "meta":
+        todo = args.num_outer_updates - (ckpt["update"] if args.resume else 0)
+        print(f"meta-training: {todo} outer updates x {args.lifetimes_per_update} lifetimes x {args.lifetime_steps} "
+              f"steps = {todo * args.lifetimes_per_update * args.lifetime_steps / 1e6:.1f}M env steps in "
+              f"{args.num_workers} process(es), then the evaluation")
+    n_eval = len(evaluation_tasks(args, benchmark)) * args.eval_repeats * len(args.eval_seeds or (args.seed,))
+    steps = args.lifetime_steps + args.eval_deterministic_episodes * args.max_episode_steps
+    print(f"evaluation: {n_eval} lifetimes x {steps} steps = {n_eval * steps / 1e6:.1f}M env steps in "
+          f"{args.num_workers} process(es), in batches of {args.lifetimes_per_update}")
     try:
-        if not args.eval_checkpoint:
+        if mode == "meta":
             meta_net = meta_train(args, run_dir, benchmark, lifetimes, device, ckpt)
         os.makedirs(run_dir, exist_ok=True)
         run_evaluation(args, run_dir, benchmark, lifetimes, meta_net)

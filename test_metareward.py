@@ -38,7 +38,7 @@ _spec.loader.exec_module(pc)
 TINY = dict(max_episode_steps=10, steps_per_update=20, lifetime_steps=60, lifetimes_per_update=3,
             num_outer_updates=2, update_epochs=2, num_minibatches=2, tbptt_len=16, meta_update_epochs=2,
             meta_nsteps=(25, 30, 35), meta_nsteps_fallback=(1, 6, 11), save_every=1,
-            val_every=1, val_tasks=2, eval_tasks=2, eval_repeats=2)
+            val_every=1, val_tasks=2, eval_tasks=2, eval_repeats=2, num_workers=1)
 
 
 both = pytest.mark.parametrize("m", [mr, ma], ids=["reward", "advantage"])
@@ -627,9 +627,13 @@ def untimed(rows):
 
 
 @both
-def test_end_to_end_tiny_run(m, tmp_path, monkeypatch):
+def test_end_to_end_tiny_run(m, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run_dir = m.main(tiny_args(m, seed=3))
+    out = capsys.readouterr().out  # the plan, before the first update's line
+    plan = ("meta-training: 2 outer updates x 3 lifetimes x 60 steps = 0.0M env steps in 1 process(es), then the "
+            "evaluation\nevaluation: 4 lifetimes x 100 steps = 0.0M env steps in 1 process(es), in batches of 3\n")
+    assert plan in out and out.index(plan) < out.index("update 1/2")
     rows = read_csv(os.path.join(run_dir, "progress.csv"))
     assert len(rows) == 2 and [r["update"] for r in rows] == ["1", "2"]
     assert rows[-1]["global_step"] == str(2 * 3 * 60)
@@ -798,7 +802,8 @@ def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoi
     out = capsys.readouterr().out
     assert "the test split of the benchmark built with seed 1 (door-close-v3)" in out and "note:" not in out
     m.main(tiny_args(m, eval_checkpoint=path, eval_repeats=1, eval_tasks=1, env_name="button-press-v3"))  # transfer
-    assert "note: the network was meta-trained on door-close-v3, not button-press-v3" in capsys.readouterr().out
+    assert "note: a transfer test: the network was meta-trained on door-close-v3 and is evaluated on button-press-v3" \
+        in capsys.readouterr().out
     runs = sorted(os.listdir("runs"))
     for argv in (tiny_argv(eval_checkpoint=path, eval_split="train"), tiny_argv(eval_split="train")):  # saved, to train
         with pytest.raises(SystemExit) as exc:
@@ -806,6 +811,37 @@ def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoi
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and "\n" not in err and "goals the network was meta-trained on (seed 1)" in err
         assert sorted(os.listdir("runs")) == runs
+
+@both
+def test_an_evaluated_network_brings_its_task_unless_another_is_given(m, saved_checkpoints, tmp_path, monkeypatch,
+                                                                      capsys):
+    """--eval-checkpoint without --env-name evaluates the network on its own task (here one meta-trained on
+    button-press), saying nothing more; an explicit other task is evaluated, and announced as a transfer test."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = torch.load(saved_checkpoints[m], weights_only=True)
+    path = str(tmp_path / "button_press.pt")
+    torch.save({**ckpt, "args": {**ckpt["args"], "env_name": "button-press-v3"}}, path)
+    for argv, task in (([], "button-press-v3"), (["--env-name", "door-close-v3"], "door-close-v3")):
+        run = m.cli(tiny_argv(eval_checkpoint=path, eval_tasks=1, eval_repeats=1) + argv)
+        out = capsys.readouterr().out
+        assert f"benchmark built with seed 1 ({task})" in out
+        assert {r["env_name"] for r in read_csv(os.path.join(run, "eval.csv"))} == {task}
+        assert ("note: a transfer test: the network was meta-trained on button-press-v3 and is evaluated on "
+                "door-close-v3" in out) == (task == "door-close-v3")
+
+
+@both
+def test_workers_default_to_the_cores_at_most_one_per_lifetime(m, monkeypatch):
+    """--num-workers unset: one process per available core, at most N; set, it is kept. Checkpoints every 5."""
+    for cores, n, want in ((8, 30, 8), (8, 3, 3), (1, 30, 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+        args = m.Args(lifetimes_per_update=n)
+        m.check_args(args)
+        assert args.num_workers == want
+    args = m.Args(num_workers=2)
+    m.check_args(args)
+    assert args.num_workers == 2 and args.save_every == 5
+
 
 # 7. Bad input -------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
@@ -1289,7 +1325,9 @@ def check_shipped_network(m, path, env_name, pinned, settings):
     network's shapes, the outputs it gave when it shipped on a fixed input, and on a short lifetime of
     one of the task's test goals finite, non-constant outputs that are its mean on what it saw."""
     ckpt = m.load_checkpoint(path)
-    paper = dataclasses.asdict(m.Args())
+    paper = m.Args()
+    m.check_args(paper)  # the defaults filled in (ML1)
+    paper = dataclasses.asdict(paper)
     assert {k: ckpt["args"][k] for k in settings} == {k: paper[k] for k in settings}
     assert ckpt["args"]["env_name"] == env_name and ckpt["args"]["seed"] == 1
     meta_net = m.load_meta_net(path)
