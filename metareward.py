@@ -1,6 +1,7 @@
 """Black-box meta-learning of intrinsic rewards for sparse-reward environments.
 
-Pappalardo, Ramele, Santos (2024), arXiv 2407.21546, read with ../shared/SPEC.md beside it.
+Pappalardo, Ramele, Santos (2024), arXiv 2407.21546 (https://arxiv.org/abs/2407.21546);
+the README's "Paper to code" maps its Algorithm 1 and equations to the functions below.
 An LSTM "reward agent" (MetaNet) watches fresh PPO agents learn MetaWorld tasks from a sparse signal and
 emits an intrinsic reward r^i_t, their only reward; PPO (truncated BPTT) trains it to maximise the *shaped*
 return they reach. One outer update = N lifetimes of independent agents, lived in --num-workers processes.
@@ -45,7 +46,7 @@ class Args:
     cuda: bool = False
     """if toggled, use CUDA (an error where it is not available; the workload is bound by CPU env stepping)"""
 
-    # Environments (SPEC 1, 8)
+    # Environments: MetaWorld's ML1 / ML10 (the paper's experiments)
     benchmark: Optional[Literal["ML1", "ML10"]] = None
     """the MetaWorld meta-learning benchmark (None = ML1; with --eval-checkpoint, the network's)"""
     env_name: Optional[str] = None
@@ -56,7 +57,7 @@ class Args:
     """processes that live the lifetimes, each a share of them whole (None = the cores available, at most N; 1 = in
     this process); results do not depend on it"""
 
-    # Meta-training: the outer loop (SPEC 4)
+    # Meta-training: the outer loop of the paper's Algorithm 1
     num_outer_updates: Optional[int] = None
     """outer PPO updates (None = the paper's: 500 for ML1, 1500 for ML10)"""
     lifetimes_per_update: int = 30
@@ -93,7 +94,7 @@ class Args:
     meta_std_scale: float = 0.2
     """std of the intrinsic reward = meta_std_scale * exp(head(h_t))"""
 
-    # The inner PPO (SPEC 2), re-initialised for every lifetime
+    # The inner PPO (Algorithm 1's inner loop), re-initialised for every lifetime
     steps_per_update: int = 2000
     """env steps per inner PPO update (2 updates per 6000-step lifetime)"""
     learning_rate: float = 3e-4
@@ -117,7 +118,7 @@ class Args:
     max_grad_norm: float = 0.5
     """gradient-norm clip of the inner PPO (per agent)"""
 
-    # Evaluation (SPEC 6) and the baselines
+    # Evaluation (the paper's protocol) and the baselines
     inner_reward: Literal["intrinsic", "sparse", "shaped"] = "intrinsic"
     """what the inner PPO learns from: r^i (meta-train, then evaluate), or sparse / shaped (baselines: evaluate only)"""
     eval_checkpoint: Optional[str] = None
@@ -200,7 +201,7 @@ def check_args(args):
 
 
 def make_benchmark(args, seed=None):
-    """The MetaWorld benchmark (SPEC 1, 8); its seed (default --seed) fixes the train/test goal positions."""
+    """The MetaWorld benchmark; its seed (default --seed) fixes the train/test goal positions."""
     seed = args.seed if seed is None else seed
     return metaworld.ML1(args.env_name, seed=seed) if args.benchmark == "ML1" else metaworld.ML10(seed=seed)
 
@@ -225,7 +226,8 @@ def evaluation_tasks(args, benchmark):
 
 
 def check_unseen_goals(args, benchmark, trained):
-    """Refuse to evaluate a network on goals it was meta-trained on (SPEC 6, 7.6); trained: its training settings."""
+    """Refuse to evaluate a network on goals it was meta-trained on (the paper evaluates on held-out tasks);
+    trained: its training settings."""
     if args.inner_reward != "intrinsic":
         return  # the baselines have no network
     classes = lambda a: (a["benchmark"], a["env_name"] if a["benchmark"] == "ML1" else None)
@@ -264,7 +266,7 @@ class EnvGroup:
         results = []
         for env, action in zip(self.envs, actions):
             o, r, _, truncated, info = env.step(action)
-            if truncated:  # episodes are exactly max_episode_steps long (SPEC 1)
+            if truncated:  # episodes are exactly max_episode_steps long: success does not end one
                 o, _ = env.reset()
             results.append((o, r, info["success"]))
         obs, rewards, successes = zip(*results)
@@ -272,7 +274,7 @@ class EnvGroup:
 
 
 def sparse_reward(success, k, solved, episode_len):
-    """SPEC 1: r^e_t = 1 - 0.7 k/T at the first success of an episode (k = 0-based step index),
+    """The paper's sparse signal: r^e_t = 1 - 0.7 k/T at the first success of an episode (k = 0-based step index),
     -0.2 at its last step if it never succeeded, 0 otherwise. Returns (r^e_t, solved so far)."""
     if k == 0:
         solved = torch.zeros_like(solved)
@@ -315,7 +317,7 @@ class StackedMLP(nn.Module):
 
 
 class InnerAgents(nn.Module):
-    """N fresh PPO actor-critics (SPEC 2): 39 -> 64 -> 64 -> (4 | 1), state-independent log-std."""
+    """N fresh PPO actor-critics (the paper's inner agents): 39 -> 64 -> 64 -> (4 | 1), state-independent log-std."""
 
     def __init__(self, n, generators=None):
         super().__init__()
@@ -336,7 +338,7 @@ class InnerAgents(nn.Module):
 
 
 class MetaNet(nn.Module):
-    """phi, the intrinsic-reward agent (SPEC 3): encoder, LSTM, heads for r^i_t's mean and std, the outer critic V_t."""
+    """phi, the intrinsic-reward agent: encoder, LSTM, heads for r^i_t's mean and std, the outer critic V_t."""
 
     def __init__(self, std_scale=0.2):
         super().__init__()
@@ -395,7 +397,8 @@ class MetaNet(nn.Module):
 
 
 def gae(rewards, values, gamma, gae_lambda, episode_len):
-    """GAE over (N, B) batches of whole episodes, each ending terminal (SPEC 2), as one matmul per lifetime."""
+    """GAE over (N, B) batches of whole episodes, each ending terminal (as in the authors' code), one matmul per
+    lifetime."""
     n, b = rewards.shape
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
     next_values[:, episode_len - 1::episode_len] = 0.0  # no bootstrap past an episode's end
@@ -504,7 +507,7 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False, on
         next_obs, shaped[:, t], success[:, t] = torch.as_tensor(o), torch.as_tensor(r), torch.as_tensor(s)
         sparse[:, t], solved = sparse_reward(success[:, t] > 0, k, solved, T)
         if intrinsic and t < L:
-            # reward-network input x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)] (SPEC 3)
+            # reward-network input x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)] (the authors' form)
             x = torch.cat([obs[:, t], actions[:, t], logprobs[:, t, None].exp(), 3.0 * sparse[:, t, None],
                            torch.full((n, 1), 2.0 if k == 0 else 0.0), prev_r[:, None]], 1)
             meta_inputs[:, t] = x
@@ -603,7 +606,8 @@ class Lifetimes:
 
 
 class ShapedRewardNormalizer:
-    """The outer reward (SPEC 4): r~ = r / (running mean of the class's per-step shaped reward + 1e-7) * scale."""
+    """The outer reward, the shaped reward normalised per task class:
+    r~ = r / (running mean of the class's per-step shaped reward + 1e-7) * scale."""
 
     def __init__(self, class_names, scale):
         self.scale, self.count, self.mean = scale, {c: 0 for c in class_names}, {c: 0.0 for c in class_names}
@@ -621,8 +625,9 @@ class ShapedRewardNormalizer:
 
 
 def meta_advantages(rewards, values, args):
-    """SPEC 4's influence-skipping n-step estimator on (N, L) rewards and values. phi's action at t first
-    changes behaviour at s_t = t + u_t, u_t = U - (t mod U). For each horizon n with u_t < n and t + n < L:
+    """The paper's estimator, bootstrapping that skips uninfluenced rewards, on (N, L) rewards and values.
+    phi's action at t first changes behaviour at s_t = t + u_t, u_t = U - (t mod U). For each horizon n with
+    u_t < n and t + n < L:
       A^(n)_t = sum_{j=s_t}^{t+n-1} g^(ep(j)-ep(s_t)) r~_j + g^(ep(t+n)-ep(s_t)) V_(t+n) - V_t,
     A_t = sum_k decay^k A^(n_k) / sum_k decay^k over the qualifying horizons of --meta-nsteps, else of
     --meta-nsteps-fallback, else (the last block, whose rewards feed no update) the Monte-Carlo target
@@ -660,8 +665,9 @@ def tbptt_chunks(num_steps, tbptt_len, offset):
 
 
 def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
-    """PPO on phi, truncated BPTT from a zero state (SPEC 4). The policy and entropy terms use the steps before
-    the last inner update (later rewards feed no update), the value loss every step (the estimator uses all)."""
+    """PPO on phi (Algorithm 1's meta-update), truncated BPTT from a zero state. The policy and entropy terms use
+    the steps before the last inner update (later rewards feed no update), the value loss every step (the
+    estimator uses all)."""
     x, r, old_logprobs = batch["meta_inputs"], batch["meta_actions"], batch["meta_logprobs"]
     n, L = r.shape
     policy_steps = L - args.steps_per_update
@@ -718,8 +724,9 @@ def success_columns(args):
 
 
 def evaluate(lifetimes, tasks, meta_net, args, repeats, seed, kind=EVALUATION):
-    """SPEC 6: per task, `repeats` lifetimes (keys (kind, seed, task, repeat); batches of at most N). Returns a row
-    per lifetime (success per episode; success_det: over the deterministic episodes) and the first one's record."""
+    """The paper's evaluation: per task, `repeats` lifetimes (keys (kind, seed, task, repeat); batches of at most
+    N). Returns a row per lifetime (success per episode; success_det: over the deterministic episodes) and the
+    first one's record."""
     lifetimes_ = [(i, rep) for i in range(len(tasks)) for rep in range(repeats)]
     episodes, rows, first = args.lifetime_steps // args.max_episode_steps, [], None
     progress = Progress(f"{['', 'validation', 'evaluation'][kind]} seed {seed}: lifetimes", len(lifetimes_),
@@ -894,7 +901,7 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
             t0 = timer.add("lifetimes", t0)  # the main process waits for the lifetimes
             for part in ("env", "inference", "inner_ppo"):  # their time split, the mean over workers
                 timer[part] = float(np.mean([w.get(part, 0.0) for w in workers]))
-            # the outer reward r~, the meta-advantages A_t, and the PPO update of phi (SPEC 4)
+            # the outer reward r~, the meta-advantages A_t, and the PPO update of phi (Algorithm 1)
             normalizer.update(batch["shaped"], classes)
             advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["meta_values"], args)
             t0 = timer.add("estimator", t0)

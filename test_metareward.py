@@ -111,7 +111,7 @@ def tiny_rollout(ml1, request):
     return m, args, meta_net, batch
 
 
-# 1. The sparse signal (SPEC 1) -------------------------------------------------------------------
+# 1. The sparse signal ----------------------------------------------------------------------------
 def sparse_sequence(success_rows, T, m=mr):
     """Run m.sparse_reward step by step over (N, steps) 0/1 success rows."""
     success = torch.tensor(success_rows, dtype=torch.bool)
@@ -232,7 +232,7 @@ def test_gae_matches_direct_loop_across_episode_boundaries():
 
 # 3. The meta-advantage estimator ----------------------------------------------------------------
 def meta_advantage_brute(r, v, t, args):
-    """SPEC 4's formula for one step t of one lifetime, term by term."""
+    """The estimator's formula (see meta_advantages) for one step t of one lifetime, term by term."""
     L, U, T, g = len(r), args.steps_per_update, args.max_episode_steps, args.meta_gamma
     u = U - t % U
     s = t + u
@@ -278,7 +278,7 @@ def replay(meta_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=F
     logps, values, means = [], [], []
     with torch.no_grad():
         for a, b in m.tbptt_chunks(x.shape[1], tbptt_len, offset):
-            if zero_prev_reward_at_chunk_start:  # the authors' fault (SPEC 7.2)
+            if zero_prev_reward_at_chunk_start:  # the authors' fault (README: deviations)
                 x[:, a, -1] = 0.0
             mean, std, value, state = meta_net(x[:, a:b], state)
             state = tuple(h.detach() for h in state)
@@ -366,7 +366,7 @@ def spy_chunks(m, monkeypatch):
 
 
 def reference_outer_losses(net, batch, advantages, returns, chunks, args):
-    """SPEC 4's outer PPO loss of each TBPTT chunk, step by step: the clipped surrogate on the advantages
+    """The outer PPO loss of each TBPTT chunk, step by step: the clipped surrogate on the advantages
     normalised over the whole batch's policy window (the steps before the last inner update), minus
     ent_coef x the Gaussian entropy there, plus vf_coef x 0.5 x the squared value error at every step."""
     x, r, old = batch["meta_inputs"], batch["meta_actions"], batch["meta_logprobs"]
