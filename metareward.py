@@ -797,13 +797,15 @@ def write_trace(path, record, args):
                  for other in (columns["shaped_reward"], columns["sparse_reward"]))
 
 
-def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net):
-    """The paper's table row for args.inner_reward; the CSVs are rewritten after each seed (a stop keeps those)."""
+def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net, network=""):
+    """The paper's table row for args.inner_reward; network names the evaluated one ("seed S update U", empty for
+    a baseline) in eval.csv. The CSVs are rewritten after each seed (a stop keeps those)."""
     tasks, columns, seeds = evaluation_tasks(args, benchmark), success_columns(args), args.eval_seeds or (args.seed,)
     rows, first = [], None
     for seed in seeds:
         seed_rows, record = evaluate(lifetimes, tasks, meta_net, args, args.eval_repeats, seed)
-        rows, first = rows + [{**row, "inner_reward": args.inner_reward} for row in seed_rows], first or record
+        rows += [{**row, "inner_reward": args.inner_reward, "network": network} for row in seed_rows]
+        first = first or record
         write_csv(os.path.join(run_dir, "eval.csv"), rows)
         write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, columns))
     print(f"evaluation ({args.inner_reward}, {args.eval_split} tasks): success rate over {len(rows)} lifetimes on "
@@ -998,11 +1000,13 @@ def main(args):
     steps = args.lifetime_steps + args.eval_deterministic_episodes * args.max_episode_steps
     print(f"evaluation: {n_eval} lifetimes x {steps} steps = {n_eval * steps / 1e6:.1f}M env steps in "
           f"{args.num_workers} process(es), in batches of {args.lifetimes_per_update}")
+    network = "" if mode not in ("meta", "eval") else \
+        f"seed {trained['seed']} update {ckpt['update'] if mode == 'eval' else args.num_outer_updates}"
     try:
         if mode == "meta":
             meta_net = meta_train(args, run_dir, benchmark, lifetimes, device, ckpt)
         os.makedirs(run_dir, exist_ok=True)
-        run_evaluation(args, run_dir, benchmark, lifetimes, meta_net)
+        run_evaluation(args, run_dir, benchmark, lifetimes, meta_net, network)
     finally:
         lifetimes.close()
     return run_dir

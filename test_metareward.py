@@ -1009,19 +1009,43 @@ def test_results_table_and_figure(tmp_path, monkeypatch):
     rows = (fake_eval_rows("intrinsic", {1: [(ones, 1.0), (half, 0.5)], 2: [(half, 1.0), (half, 0.0)]})
             + fake_eval_rows("sparse", {1: [(zeros, 0.0), (half, 0.0)]}))
     table = pr.results_table(rows)
-    assert table[0] == "| method | seeds | lifetimes | eps 1-4 | eps 5-8 | eps 9-12 | deterministic |"
+    assert table[0] == "| method | networks | seeds | lifetimes | eps 1-4 | eps 5-8 | eps 9-12 | deterministic |"
     # intrinsic: seed means of eps 1-4 are 0.5 and 0, of eps 9-12 both 1, of det 0.75 and 0.5
     std = np.std([0.5, 0.0], ddof=1)
-    assert table[2] == (f"| intrinsic | 2 | 4 | 0.25 +- {std:.2f} | 0.25 +- {std:.2f} | 1.00 +- 0.00 | "
+    assert table[2] == (f"| intrinsic | - | 2 | 4 | 0.25 +- {std:.2f} | 0.25 +- {std:.2f} | 1.00 +- 0.00 | "
                         f"0.62 +- {np.std([0.75, 0.5], ddof=1):.2f} |")
     # one seed: the error is the standard error over lifetimes
-    assert table[3] == "| sparse | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | 0.50 +- 0.50 | 0.00 +- 0.00 |"
+    assert table[3] == "| sparse | - | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | 0.50 +- 0.50 | 0.00 +- 0.00 |"
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # matplotlib is optional: a clear error without it
     with pytest.raises(pr.ConfigError, match="pip install matplotlib"):
         pr.plot_results(rows, None, str(tmp_path / "r.png"))
     monkeypatch.undo()
     pr.plot_results(rows, None, str(tmp_path / "r.png"))  # the tests install matplotlib (README)
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_error_bars_are_over_networks_when_a_method_has_several():
+    """The paper's error bar: 3 networks of a method, one with 2 evaluation seeds, give mean +- std over the
+    3 networks' means (a network's mean: over its seeds' means); each network's own row follows."""
+    ones, zeros, half = [1] * 12, [0] * 12, [0] * 8 + [1] * 4
+    rows = []
+    for network, seeds in (("seed 1 update 25", {1: [(ones, 1.0)], 2: [(zeros, 0.0)]}),  # network mean 0.5
+                           ("seed 2 update 25", {1: [(half, 1.0), (half, 1.0)]}),
+                           ("seed 3 update 50", {1: [(zeros, 0.0)]})):
+        rows += [{**r, "network": network} for r in fake_eval_rows("advantage", seeds)]
+    rows += fake_eval_rows("shaped", {1: [(zeros, 0.0)], 2: [(half, 1.0)]})
+    table = pr.results_table(rows)
+    det, eps = [0.5, 1.0, 0.0], [0.5, 0.0, 0.0]  # per network: deterministic, eps 1-4
+    assert table[2] == (f"| advantage | 3 | 2 | 5 | {np.mean(eps):.2f} +- {np.std(eps, ddof=1):.2f} | "
+                        f"{np.mean(eps):.2f} +- {np.std(eps, ddof=1):.2f} | {np.mean([0.5, 1, 0]):.2f} +- "
+                        f"{np.std([0.5, 1, 0], ddof=1):.2f} | {np.mean(det):.2f} +- {np.std(det, ddof=1):.2f} |")
+    assert table[3] == f"| shaped | - | 2 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | 0.50 +- {np.std([0, 1], ddof=1):.2f} | " \
+                       f"0.50 +- {np.std([0, 1], ddof=1):.2f} |"  # the baseline: over its seeds, as before
+    per_network = pr.results_table(rows, per_network=True)
+    assert [line.split(" | ")[0] for line in per_network[2:]] == \
+        ["| advantage, seed 1 update 25", "| advantage, seed 2 update 25", "| advantage, seed 3 update 50"]
+    assert per_network[3] == "| advantage, seed 2 update 25 | 1 | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | " \
+                             "1.00 +- 0.00 | 1.00 +- 0.00 |"
 
 
 def test_plot_takes_each_seed_of_a_method_from_one_file(tmp_path):
@@ -1033,7 +1057,7 @@ def test_plot_takes_each_seed_of_a_method_from_one_file(tmp_path):
     with pytest.raises(pr.ConfigError, match="both hold intrinsic rows of evaluation seed 1"):
         pr.load_results([str(tmp_path / "a"), str(tmp_path / "b")])
     rows, _ = pr.load_results([str(tmp_path / "a"), str(tmp_path / "c")])
-    assert pr.results_table(rows)[2].startswith("| intrinsic | 2 | 2 |")
+    assert pr.results_table(rows)[2].startswith("| intrinsic | - | 2 | 2 |")
 
 
 @pytest.mark.parametrize("signal", ["intrinsic_reward", "meta_advantage"])  # each script's trace
@@ -1051,9 +1075,10 @@ def test_trace_table(signal):
     assert len(table) == 4
 
 
-def check_eval_dir(run_dir, n_rows, mode):
+def check_eval_dir(run_dir, n_rows, mode, network=""):
+    """eval.csv: n_rows lifetimes of one method and network ("seed S update U"; "" for a baseline)."""
     rows = read_csv(os.path.join(run_dir, "eval.csv"))
-    assert len(rows) == n_rows and {r["inner_reward"] for r in rows} == {mode}
+    assert len(rows) == n_rows and {(r["inner_reward"], r["network"]) for r in rows} == {(mode, network)}
     cols = [f"success_ep{i:02d}" for i in range(1, 7)] + ["success_det"]
     assert all(0.0 <= float(r[c]) <= 1.0 for r in rows for c in cols)
     summary = read_csv(os.path.join(run_dir, "eval_summary.csv"))
@@ -1067,7 +1092,7 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
     run_dir = m.main(tiny_args(m, seed=3, eval_seeds=(3, 4)))
     mode, trace_file, signal = {mr: ("intrinsic", "reward_trace.csv", "intrinsic_reward"),
                                 ma: ("advantage", "advantage_trace.csv", "meta_advantage")}[m]
-    rows = check_eval_dir(run_dir, 2 * 2 * 2, mode)
+    rows = check_eval_dir(run_dir, 2 * 2 * 2, mode, "seed 3 update 2")  # the final network
     assert [r["seed"] for r in rows] == ["3"] * 4 + ["4"] * 4
     trace = read_csv(os.path.join(run_dir, trace_file))
     assert len(trace) == 60
@@ -1082,14 +1107,15 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
     assert read_csv(os.path.join(eval_dir, trace_file)) == trace
     assert not os.path.exists(os.path.join(eval_dir, "progress.csv"))  # no meta-training
     best_dir = m.main(tiny_args(m, seed=3, eval_checkpoint=os.path.join(run_dir, "meta_net_best.pt"), exp_name="b"))
-    check_eval_dir(best_dir, 4, mode)
+    best = torch.load(os.path.join(run_dir, "meta_net_best.pt"), weights_only=True)["update"]
+    check_eval_dir(best_dir, 4, mode, f"seed 3 update {best}")
     # tools/plot_results.py reads the run folder back: the results and trace tables, then the figure
     capsys.readouterr()
     with monkeypatch.context() as patch, pytest.raises(SystemExit) as exc:
         patch.setitem(sys.modules, "matplotlib", None)
         pr.main([run_dir, "--plot-file", str(tmp_path / "r.png")])
     out, err = capsys.readouterr()
-    assert f"| {mode} | 2 | 8 |" in out and f"| episode | solved | mean {signal} |" in out  # results, trace tables
+    assert f"| {mode} | 1 | 2 | 8 |" in out and f"| episode | solved | mean {signal} |" in out  # results, trace tables
     assert exc.value.code == 2 and err.strip().count("\n") == 0 and "pip install matplotlib" in err
     pr.main([run_dir, "--plot-file", str(tmp_path / "r.png")])
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
@@ -1111,7 +1137,7 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
                               ("PPO shaped", "shaped"), ("PPO sparse", "sparse")]:
             cells = next(line for line in section if line.startswith(f"| {label} ")).replace("**", "").split(" | ")
             seeds, lifetimes = map(int, cells[1].split(" x "))
-            assert printed[method][1:] == [str(seeds), str(seeds * lifetimes)] + cells[2:6]
+            assert printed[method][2:] == [str(seeds), str(seeds * lifetimes)] + cells[2:6]
     details = open(os.path.join(HERE, "results", "door-close-v3", "README.md")).read().splitlines()
     for network in ("intrinsic_update50", "advantage_update50"):  # each network's trace table
         proc = subprocess.run([sys.executable, PLOT_TOOL, os.path.join(HERE, "results", "door-close-v3", network),

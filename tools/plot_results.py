@@ -1,11 +1,13 @@
 """Compare finished evaluations of metareward.py and metareward_advantage.py from their run folders' CSVs.
 
-Prints the results table (markdown: one row per method, mean +- std over its evaluation seeds, or the
-standard error over lifetimes for one seed), the table of what the network signals per episode of its
-traced lifetime, and draws --plot-file: success per episode index per method, and the signal over
-one evaluation episode next to the shaped reward.
+Prints the results table (markdown: one row per method, mean +- std over its networks when the folders
+hold several meta-trained networks of it, the paper's error bar; else over its evaluation seeds; else the
+standard error over lifetimes), each network's own row when a method has several, the table of what the
+network signals per episode of its traced lifetime, and draws --plot-file: success per episode index per
+method, and the signal over one evaluation episode next to the shaped reward.
 
     python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
+    python tools/plot_results.py results/door-close-v3/*/    # 3 networks per method: mean +- std over them
 
 Needs numpy only; the figure needs matplotlib (pip install matplotlib). Bad input: one line, exit 2.
 """
@@ -31,18 +33,19 @@ def read_csv(path):
 
 def load_results(paths):
     """The rows of each run folder's eval.csv (or of the eval.csv files given), and the first trace
-    file found beside them (None if there is none). The error bars are over evaluation seeds, so one
-    method's seed may come from one file only (several networks: evaluate each with its own seeds)."""
+    file found beside them (None if there is none). One network's (or baseline's) evaluation seed may
+    come from one file only: the same rows twice are refused, not merged."""
     rows, trace, source = [], None, {}
     for path in paths:
         file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
         if not (os.path.isfile(file) and file.endswith(".csv")):
             raise ConfigError(f"no eval.csv at {path}")
         new = read_csv(file)
-        for key in dict.fromkeys((r["inner_reward"], r["seed"]) for r in new):
+        for key in dict.fromkeys((r["inner_reward"], r.get("network", ""), r["seed"]) for r in new):
             if source.setdefault(key, file) != file:
-                raise ConfigError(f"{source[key]} and {file} both hold {key[0]} rows of evaluation seed {key[1]}; "
-                                  "evaluate each network (or each part of an evaluation) with its own seeds")
+                network = f" of network {key[1]}" if key[1] else ""
+                raise ConfigError(f"{source[key]} and {file} both hold {key[0]} rows{network} of evaluation seed "
+                                  f"{key[2]}; give each part of an evaluation its own seeds")
         rows += new
         for name in TRACE_FILES:
             trace_file = os.path.join(os.path.dirname(file), name)
@@ -58,31 +61,52 @@ def seed_means(rows, columns):
                      for s in seeds])
 
 
+def networks(rows):
+    """The distinct networks of eval.csv's `network` column ("seed S update U"; empty for a baseline)."""
+    return list(dict.fromkeys(r.get("network", "") for r in rows))
+
+
+def unit_means(rows, columns):
+    """(units, columns): the units an error bar is over. Several networks: each network's mean (over its
+    seeds' means); else each evaluation seed's mean."""
+    if len(networks(rows)) > 1:
+        return np.array([seed_means([r for r in rows if r.get("network", "") == n], columns).mean(0)
+                         for n in networks(rows)])
+    return seed_means(rows, columns)
+
+
 def table_row(rows, columns):
     """The paper's table columns (episodes 1-4, 5-8, 9-12 and the deterministic point) -> (mean, error):
-    with several seeds the error is the std over seeds of their means, else the standard error over lifetimes."""
+    the std over networks (several networks), else over seeds (several seeds), else the standard error
+    over lifetimes."""
     e = len(columns) - 1
     spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
     spans["deterministic"] = slice(e, e + 1)
-    per_seed = seed_means(rows, columns)
-    if len(per_seed) > 1:
-        return {name: (per_seed[:, s].mean(), per_seed[:, s].mean(1).std(ddof=1)) for name, s in spans.items()}
+    per_unit = unit_means(rows, columns)
+    if len(per_unit) > 1:
+        return {name: (per_unit[:, s].mean(), per_unit[:, s].mean(1).std(ddof=1)) for name, s in spans.items()}
     values = np.array([[float(r[c]) for c in columns] for r in rows])
     v = {name: values[:, s].mean(1) for name, s in spans.items()}  # per lifetime
     return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0) for name, x in v.items()}
 
 
-def results_table(rows):
-    """Markdown: one line per method (eval.csv's inner_reward), mean +- std over its evaluation seeds."""
+def results_table(rows, per_network=False):
+    """Markdown: one line per method (eval.csv's inner_reward), mean +- error (see table_row); with
+    per_network, one line per network instead, for the methods that have several."""
     columns = [c for c in rows[0] if c.startswith("success_")]
     lines = []
     for method in dict.fromkeys(r["inner_reward"] for r in rows):
         selected = [r for r in rows if r["inner_reward"] == method]
-        cells = table_row(selected, columns)
-        if not lines:
-            lines = ["| method | seeds | lifetimes | " + " | ".join(cells) + " |", "|---" * (len(cells) + 3) + "|"]
-        lines.append(f"| {method} | {len({str(r['seed']) for r in selected})} | {len(selected)} | "
-                     + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
+        groups = [[r for r in selected if r.get("network", "") == n] for n in networks(selected)]
+        for group in ((groups if len(groups) > 1 else []) if per_network else [selected]):
+            cells = table_row(group, columns)
+            if not lines:
+                lines = ["| method | networks | seeds | lifetimes | " + " | ".join(cells) + " |",
+                         "|---" * (len(cells) + 4) + "|"]
+            named = [n for n in networks(group) if n]
+            label = f"{method}, {named[0]}" if per_network else method
+            lines.append(f"| {label} | {len(named) or '-'} | {len({str(r['seed']) for r in group})} | "
+                         f"{len(group)} | " + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
     return lines
 
 
@@ -122,10 +146,12 @@ def plot_results(rows, trace, path):
     fig, axes = plt.subplots(1, 2 if trace else 1, figsize=(12 if trace else 6, 4), squeeze=False)
     ax = axes[0, 0]
     for method in dict.fromkeys(r["inner_reward"] for r in rows):
-        per_seed = seed_means([r for r in rows if r["inner_reward"] == method], columns)
-        std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(len(columns))
-        ax.errorbar(np.arange(1, len(columns) + 1), per_seed.mean(0), yerr=std, capsize=3, marker="o",
-                    label=f"{method} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
+        selected = [r for r in rows if r["inner_reward"] == method]
+        per_unit = unit_means(selected, columns)
+        std = per_unit.std(0, ddof=1) if len(per_unit) > 1 else np.zeros(len(columns))
+        unit = "network" if len(networks(selected)) > 1 else "seed"
+        ax.errorbar(np.arange(1, len(columns) + 1), per_unit.mean(0), yerr=std, capsize=3, marker="o",
+                    label=f"{method} ({len(per_unit)} {unit}{'s' * (len(per_unit) > 1)})")
     ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
     ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title="test tasks")
     ax.legend()
@@ -160,6 +186,9 @@ def main(argv=None):
         if not rows:
             raise ConfigError("the eval.csv files hold no rows")
         print("\n".join(results_table(rows)))
+        per_network = results_table(rows, per_network=True)
+        if per_network:
+            print("\n" + "\n".join(per_network))
         if trace:
             print("\n" + "\n".join(trace_table(trace)))
         plot_results(rows, trace, args.plot_file)
