@@ -4,7 +4,8 @@ Pappalardo, Ramele, Santos (2024), arXiv 2407.21546 (https://arxiv.org/abs/2407.
 the README's "Paper to code" maps its Algorithm 1 and equations to the functions below.
 An LSTM "reward agent" (MetaNet) watches fresh PPO agents learn MetaWorld tasks from a sparse signal and
 emits an intrinsic reward r^i_t, their only reward; PPO (truncated BPTT) trains it to maximise the *shaped*
-return they reach. One outer update = N lifetimes of independent agents, lived in --num-workers processes.
+return they reach. One outer update = N lifetimes of independent agents, lived in --num-workers processes
+(or Ray actors: --ray-address).
 """
 import copy
 import csv
@@ -14,6 +15,7 @@ import multiprocessing.connection
 import os
 import pickle
 import random
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -55,7 +57,12 @@ class Args:
     """episode length T (MetaWorld's max_path_length; lower it only for quick tests)"""
     num_workers: Optional[int] = None
     """processes that live the lifetimes, each a share of them whole (None = the cores available, at most N; 1 = in
-    this process); results do not depend on it"""
+    this process); with --ray-address, Ray actors of one CPU (None = the cluster's CPUs, at most N; more than its
+    CPUs is refused); results do not depend on it"""
+    ray_address: Optional[str] = None
+    """live the lifetimes as --num-workers Ray actors on this cluster: 'auto' (the one `ray start` runs on this
+    machine) or HOST:PORT of its head (None = local processes); the outer PPO, logs and checkpoints stay here.
+    Needs `pip install ray==2.60.0`"""
 
     # Meta-training: the outer loop of the paper's Algorithm 1
     num_outer_updates: Optional[int] = None
@@ -149,6 +156,11 @@ class ConfigError(ValueError):
     """Bad input (settings or checkpoint): reported as one line and a non-zero exit, before any work is done."""
 
 
+class WorkerLost(RuntimeError):
+    """A Ray actor living lifetimes was lost (its process or node died): reported as one line, the last checkpoint
+    kept for --resume."""
+
+
 def check_args(args):
     """Fill the benchmark-dependent defaults and reject inconsistent settings early."""
     args.benchmark, args.env_name = args.benchmark or "ML1", args.env_name or "door-close-v3"
@@ -167,7 +179,7 @@ def check_args(args):
         ("gamma gae_lambda meta_nstep_decay", lambda x: 0 <= x <= 1, "in [0, 1]"),
         ("meta_clip_coef clip_coef meta_max_grad_norm max_grad_norm meta_target_kl", lambda x: x > 0, "> 0"),
         ("meta_ent_coef meta_vf_coef ent_coef vf_coef", lambda x: 0 <= x < math.inf, "finite and >= 0"))
-    if args.num_workers is None:  # one process per core this process may use, at most one per lifetime
+    if args.num_workers is None and not args.ray_address:  # one process per core here, at most one per lifetime
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         args.num_workers = min(cores, args.lifetimes_per_update)
     for names, valid, what in ranges:
@@ -191,7 +203,7 @@ def check_args(args):
          f"--eval-seeds repeats a seed: {' '.join(map(str, args.eval_seeds))}"),
         (args.eval_checkpoint and args.inner_reward != "intrinsic",
          f"--eval-checkpoint is for the intrinsic reward, not --inner-reward {args.inner_reward}"),
-        (args.num_workers > args.lifetimes_per_update,
+        ((args.num_workers or 0) > args.lifetimes_per_update,
          f"--num-workers {args.num_workers} exceeds --lifetimes-per-update {args.lifetimes_per_update}"),
         (args.cuda and not torch.cuda.is_available(),
          f"--cuda: CUDA is not available here (torch {torch.__version__}); drop --cuda to use the CPU"))
@@ -533,21 +545,39 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation=False, on
                 meta_values=meta_values[:, :L], sparse=sparse, shaped=shaped, success=success)
 
 
+def live_share(envs, phi, tasks, keys, args, evaluation, on_block=None):
+    """A worker's job: its share of lifetimes, taught by phi (the network's state_dict on the CPU, or None).
+    Returns the record and the time split."""
+    meta_net = None if phi is None else MetaNet(args.meta_std_scale)
+    if meta_net is not None:
+        meta_net.load_state_dict(phi)
+    timer = Timer()
+    return run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation, on_block), dict(timer)
+
+
 def lifetime_worker(remote, classes, max_episode_steps):
     """A worker process living whole lifetimes on one torch thread, one batch per message (Lifetimes.run)."""
     torch.set_num_threads(1)
     envs = EnvGroup(classes, max_episode_steps)
     while (job := remote.recv()) is not None:
-        phi, tasks, keys, args, evaluation = job
         try:
-            meta_net = None if phi is None else MetaNet(args.meta_std_scale)
-            if meta_net is not None:
-                meta_net.load_state_dict(phi)
-            timer = Timer()
-            record = run_lifetimes(envs, tasks, keys, meta_net, args, timer, evaluation, remote.send)
-            remote.send((record, dict(timer)))
+            remote.send(live_share(envs, *job, remote.send))
         except Exception as e:  # re-raised in the main process
             remote.send(e)
+
+
+class LifetimeActor:
+    """lifetime_worker as a Ray actor (--ray-address): its own environments, one share of lifetimes per call."""
+
+    def __init__(self, classes, max_episode_steps):
+        torch.set_num_threads(1)
+        self.envs = EnvGroup(classes, max_episode_steps)
+
+    def run(self, phi, tasks, keys, args, evaluation):
+        try:
+            return live_share(self.envs, phi, tasks, keys, args, evaluation)
+        except Exception as e:  # re-raised in the driver, as a local worker's
+            return e
 
 
 class Lifetimes:
@@ -603,6 +633,61 @@ class Lifetimes:
             proc.join(timeout=10)
             if proc.is_alive():  # still living a batch that an error in another process has made moot
                 proc.terminate()
+
+
+class RayLifetimes(Lifetimes):
+    """Lifetimes on a Ray cluster (--ray-address): --num-workers actors of one CPU each, each living a share whole;
+    phi is put in the object store once per call. Progress comes when the slowest share is done."""
+
+    def __init__(self, classes, args):
+        try:
+            import ray  # optional, as matplotlib and TensorBoard
+        except ImportError:
+            raise ConfigError("--ray-address needs Ray: pip install ray==2.60.0") from None
+        self.ray, self.actors = ray, []
+        if args.ray_address != "auto":  # ray.init would wait for an absent head forever
+            host, _, port = args.ray_address.split("://")[-1].rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=10).close()
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"--ray-address {args.ray_address}: no Ray head answers there ({e})") from None
+        try:
+            ray.init(address=args.ray_address)
+        except (ConnectionError, ValueError) as e:
+            raise ConfigError(f"--ray-address {args.ray_address}: {str(e).strip().splitlines()[0]}") from None
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        args.num_workers = args.num_workers or min(cpus, args.lifetimes_per_update)
+        if not 1 <= args.num_workers <= cpus:  # an actor beyond the CPUs would wait for one forever
+            self.close()
+            raise ConfigError(f"--num-workers {args.num_workers}: the Ray cluster at {args.ray_address} has "
+                              f"{cpus} CPUs")
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors get this file's code as it runs
+        self.num_workers, actor = args.num_workers, ray.remote(num_cpus=1)(LifetimeActor)
+        self.actors = [actor.remote(classes, args.max_episode_steps) for _ in range(self.num_workers)]
+
+    def run(self, tasks, keys, meta_net, args, evaluation=False, progress=None):
+        phi = None if meta_net is None else self.ray.put({k: v.cpu() for k, v in meta_net.state_dict().items()})
+        shares = [s for s in np.array_split(np.arange(len(tasks)), self.num_workers) if len(s)]
+        calls = {actor.run.remote(phi, [tasks[i] for i in share], [keys[i] for i in share], args, evaluation): w
+                 for w, (actor, share) in enumerate(zip(self.actors, shares))}
+        results = [None] * len(shares)
+        while calls:
+            [ref], _ = self.ray.wait(list(calls))
+            try:
+                message = self.ray.get(ref)
+            except self.ray.exceptions.RayError as e:  # the actor's process or node died
+                raise WorkerLost(f"a Ray actor living lifetimes was lost ({type(e).__name__})") from None
+            if isinstance(message, Exception):  # re-raised here
+                raise message
+            results[calls.pop(ref)] = message
+        if progress:
+            progress(results[0][0]["success"].shape[1])
+        return {k: torch.cat([rec[k] for rec, _ in results]) for k in results[0][0]}, [sec for _, sec in results]
+
+    def close(self):
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.ray.shutdown()
 
 
 class ShapedRewardNormalizer:
@@ -909,8 +994,8 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
             t0 = timer.add("estimator", t0)
             stats = outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args)
             timer.add("outer_ppo", t0)
-        except FloatingPointError as e:
-            raise FloatingPointError(f"update {update}: {e}; the last good checkpoint is kept in {run_dir}") from None
+        except (FloatingPointError, WorkerLost) as e:
+            raise type(e)(f"update {update}: {e}; the last good checkpoint is kept in {run_dir}") from None
         seconds, T = time.perf_counter() - update_start, args.max_episode_steps
         success = episode_success(batch["success"], T).mean(0)  # per episode index
         var, error = returns.var(), returns - batch["meta_values"]
@@ -957,15 +1042,15 @@ def meta_train(args, run_dir, benchmark, lifetimes, device, ckpt=None):
 def main(args):
     path = args.resume or args.eval_checkpoint
     ckpt = load_checkpoint(path) if path else None
-    if args.resume:  # the checkpoint's settings; only these three may change
+    if args.resume:  # the checkpoint's settings; only these four may change
         if "optimizer" not in ckpt:
             raise ConfigError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
         try:  # older checkpoints also hold --plot's settings (now tools/plot_results.py)
             saved = Args(**{k: v for k, v in ckpt["args"].items() if k not in ("plot", "plot_file")})
         except TypeError as e:
             raise ConfigError(f"{args.resume} has settings this script does not know: {e}")
-        args = replace(saved, resume=args.resume, num_workers=args.num_workers, cuda=args.cuda,
-                       num_outer_updates=args.num_outer_updates or saved.num_outer_updates)
+        args = replace(saved, resume=args.resume, num_workers=args.num_workers, ray_address=args.ray_address,
+                       cuda=args.cuda, num_outer_updates=args.num_outer_updates or saved.num_outer_updates)
     if args.eval_checkpoint:  # the network's benchmark and task, unless given (then a transfer test)
         args = replace(args, benchmark=args.benchmark or ckpt["args"]["benchmark"],
                        env_name=args.env_name or ckpt["args"]["env_name"])
@@ -984,22 +1069,24 @@ def main(args):
     run_dir = (os.path.dirname(args.resume) if args.resume else
                os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
     meta_net = load_meta_net(args.eval_checkpoint, device, ckpt) if args.eval_checkpoint else None
-    lifetimes = Lifetimes({**benchmark.train_classes, **benchmark.test_classes}, args)
+    lifetimes = (RayLifetimes if args.ray_address else Lifetimes)({**benchmark.train_classes,
+                                                                   **benchmark.test_classes}, args)
     print(f"run folder: {run_dir}\nevaluation tasks: the {args.eval_split} split of the benchmark built with seed "
           f"{trained['seed']} ({task_name})")
     trained_on = trained["env_name"] if trained["benchmark"] == "ML1" else "ML10"
     if trained_on != task_name:  # only when asked for: an evaluated network's task is the default
         print(f"note: a transfer test: the network was meta-trained on {trained_on} and is evaluated on {task_name}")
     # what is about to run, before the long work (the ETA follows each outer update and each evaluation batch)
+    workers = f"{args.num_workers} " + (f"Ray actor(s) on {args.ray_address}" if args.ray_address else "process(es)")
     if mode == "meta":
         todo = args.num_outer_updates - (ckpt["update"] if args.resume else 0)
         print(f"meta-training: {todo} outer updates x {args.lifetimes_per_update} lifetimes x {args.lifetime_steps} "
               f"steps = {todo * args.lifetimes_per_update * args.lifetime_steps / 1e6:.1f}M env steps in "
-              f"{args.num_workers} process(es), then the evaluation")
+              f"{workers}, then the evaluation")
     n_eval = len(evaluation_tasks(args, benchmark)) * args.eval_repeats * len(args.eval_seeds or (args.seed,))
     steps = args.lifetime_steps + args.eval_deterministic_episodes * args.max_episode_steps
     print(f"evaluation: {n_eval} lifetimes x {steps} steps = {n_eval * steps / 1e6:.1f}M env steps in "
-          f"{args.num_workers} process(es), in batches of {args.lifetimes_per_update}")
+          f"{workers}, in batches of {args.lifetimes_per_update}")
     network = "" if mode not in ("meta", "eval") else \
         f"seed {trained['seed']} update {ckpt['update'] if mode == 'eval' else args.num_outer_updates}"
     try:
@@ -1017,7 +1104,7 @@ def cli(argv=None):
     args = tyro.cli(Args, args=argv)
     try:
         return main(args)
-    except (ConfigError, FloatingPointError) as e:
+    except (ConfigError, FloatingPointError, WorkerLost) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -1399,3 +1399,144 @@ def test_shipped_advantage_network_loads_and_signals_a_real_lifetime(env_name):
     assert ma.Args().meta_std_scale == 1.0 and ma.Args().meta_ent_coef == 0.0005
     with pytest.raises(mr.ConfigError, match="written by metareward_advantage.py, not metareward.py"):
         mr.load_meta_net(path)
+
+
+# Beyond one machine: the lifetimes on a Ray cluster (--ray-address) --------------------------------
+# Last in the file: the module's cluster lives from the first of these tests to the end of the module.
+RAY_RUN = dict(num_outer_updates=2, val_every=2, eval_tasks=1, eval_repeats=2)  # update 2 validates: on Ray too
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of two nodes of one CPU each (ray.cluster_utils.Cluster), its address. On the loopback
+    only (Ray's single-machine mode: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), include_dashboard=False, no usage
+    statistics."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        from ray.cluster_utils import Cluster
+        cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, include_dashboard=False))
+        try:
+            cluster.add_node(num_cpus=1)
+            yield cluster.address
+        finally:
+            cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """m -> the folder of script m's tiny RAY_RUN lived in this process (--num-workers 1), made once."""
+    runs = {}
+
+    def run(m):
+        if m not in runs:
+            folder = tmp_path_factory.mktemp(f"local_{m.SCRIPT}")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(folder)
+                runs[m] = os.path.join(folder, m.main(tiny_args(m, exp_name="local", **RAY_RUN)))
+        return runs[m]
+    return run
+
+
+def assert_same_run(m, run_dir, reference, trained=True):
+    """Script m's run_dir and reference: the same eval.csv and trace file and, if trained, the same progress.csv
+    (but its timing columns) and final weights."""
+    for name in ("eval.csv", m.TRACE_FILE):
+        assert read_csv(os.path.join(run_dir, name)) == read_csv(os.path.join(reference, name)), name
+    if trained:
+        assert untimed(read_csv(os.path.join(run_dir, "progress.csv"))) == \
+            untimed(read_csv(os.path.join(reference, "progress.csv")))
+        a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True) for d in (run_dir, reference))
+        assert a["update"] == b["update"] == RAY_RUN["num_outer_updates"]
+        assert all(torch.equal(a["meta_net"][k], b["meta_net"][k]) for k in b["meta_net"])
+
+
+@both
+def test_training_on_a_ray_cluster_gives_the_same_run(m, ray_cluster, uninterrupted, tmp_path, monkeypatch, capsys):
+    """--ray-address: the lifetimes (training and validation) lived by Ray actors on two nodes give the run of
+    --num-workers 1 bit for bit; --num-workers unset is the cluster's CPUs (2), one actor on each node."""
+    monkeypatch.chdir(tmp_path)
+    reference = uninterrupted(m)
+    capsys.readouterr()
+    run_dir = m.main(tiny_args(m, exp_name="ray", num_workers=None, ray_address=ray_cluster, **RAY_RUN))
+    assert f"env steps in 2 Ray actor(s) on {ray_cluster}, then the evaluation" in capsys.readouterr().out
+    assert read_csv(os.path.join(run_dir, "progress.csv"))[-1]["val/success_det"] != ""  # validated on Ray too
+    assert_same_run(m, run_dir, reference)
+
+
+@both
+def test_evaluation_on_a_ray_cluster_gives_the_same_eval_and_trace(m, ray_cluster, uninterrupted, tmp_path,
+                                                                   monkeypatch):
+    """--eval-checkpoint on one Ray actor (--num-workers 1) gives the eval.csv and trace file that the run which
+    wrote the checkpoint gave in this process."""
+    monkeypatch.chdir(tmp_path)
+    reference = uninterrupted(m)
+    run_dir = m.cli(tiny_argv(**RAY_RUN) + ["--eval-checkpoint", os.path.join(reference, "checkpoint.pt"),
+                                            "--ray-address", ray_cluster])  # TINY's --num-workers 1
+    assert_same_run(m, run_dir, reference, trained=False)
+
+
+class ExitOnArrival:
+    """A task whose unpickling, in the Ray actor it is sent to, ends that process (os._exit(1)): a node lost."""
+
+    def __init__(self, env_name):
+        self.env_name = env_name
+
+    def __reduce__(self):
+        return os._exit, (1,)
+
+
+@both
+def test_a_lost_ray_actor_stops_the_run_with_one_line_and_a_resume_continues_exactly(m, ray_cluster, uninterrupted,
+                                                                                    tmp_path, monkeypatch, capsys):
+    """An actor whose process dies in update 2 (of 2 actors) stops the run with one line (exit status 2; Ray's own
+    notice of the dead worker may come before it), the checkpoint of update 1 intact; --resume on the cluster (one
+    actor now) then gives the uninterrupted run bit for bit."""
+    monkeypatch.chdir(tmp_path)
+    reference = uninterrupted(m)
+    real_sample, train_calls = m.sample_tasks, []
+
+    def exit_in_update_2(classes, tasks, n, rng):
+        sampled = real_sample(classes, tasks, n, rng)
+        if rng is not None:  # a meta-batch (validation and evaluation take their tasks in order: rng None)
+            train_calls.append(1)
+            if len(train_calls) == 2:  # update 2: the last lifetime, the second actor's share
+                sampled = sampled[:-1] + [ExitOnArrival(sampled[-1].env_name)]
+        return sampled
+
+    monkeypatch.setattr(m, "sample_tasks", exit_in_update_2)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        m.cli(tiny_argv(exp_name="crashed", num_workers=2, ray_address=ray_cluster, **RAY_RUN))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert exc.value.code == 2 and len(errors) == 1
+    assert errors[0].startswith("error: update 2: a Ray actor living lifetimes was lost (")
+    crashed = next((tmp_path / "runs").iterdir())
+    assert torch.load(crashed / "checkpoint.pt", weights_only=True)["update"] == 1
+    assert len(read_csv(crashed / "progress.csv")) == 1
+    monkeypatch.setattr(m, "sample_tasks", real_sample)
+    resumed = m.cli(["--resume", str(crashed / "checkpoint.pt"), "--ray-address", ray_cluster, "--num-workers", "1"])
+    assert resumed == str(crashed)
+    assert_same_run(m, resumed, reference)
+
+
+@both
+def test_no_ray_a_wrong_address_or_too_many_actors_stop_with_one_line(m, ray_cluster, tmp_path, monkeypatch, capsys):
+    """Without Ray, --ray-address stops with one line naming the package and the version the tests install; so do
+    an address where no head answers and more actors than the cluster's CPUs (either would wait forever). Nothing
+    is started."""
+    monkeypatch.chdir(tmp_path)
+    pin = next(word for word in open(os.path.join(HERE, "README.md")).read().split() if word.startswith("ray=="))
+    for argv, ray_missing, message in (
+            (["--ray-address", "auto"], True, f"--ray-address needs Ray: pip install {pin}"),  # the tests' Ray
+            (["--ray-address", "127.0.0.1:1"], False, "--ray-address 127.0.0.1:1: no Ray head answers there ("),
+            (["--ray-address", ray_cluster, "--num-workers", "3"], False,
+             f"--num-workers 3: the Ray cluster at {ray_cluster} has 2 CPUs")):
+        with monkeypatch.context() as patch:
+            if ray_missing:
+                patch.setitem(sys.modules, "ray", None)
+            with pytest.raises(SystemExit) as exc:
+                m.cli(tiny_argv(**RAY_RUN) + argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and err[-1].startswith("error: ") and message in err[-1]
+        assert sum(line.startswith("error") for line in err) == 1 and not os.path.exists("runs")
