@@ -202,6 +202,107 @@ def test_rollout_feeds_the_sparse_signal_and_flags(fake_rollout):
     assert rewarded.sum() > 5 and rewarded.view(n, L // T, T).sum(-1).max() == 1  # once per episode at most
 
 
+class RecordingEnvs:
+    """An EnvGroup that records, per step t, the observation it returned as s_t, its envs' own step
+    counters before the step (0: an episode's first step), the actions the envs received, their successes."""
+
+    def __init__(self, envs):
+        self.envs, self.obs, self.counters, self.received, self.success = envs, [], [], [], []
+
+    def set_tasks(self, tasks):
+        obs = self.envs.set_tasks(tasks)
+        self.obs.append(obs.copy())
+        return obs
+
+    def step(self, actions):
+        self.counters.append([env.curr_path_length for env in self.envs.envs])
+        self.received.append(actions.copy())
+        obs, rewards, success = self.envs.step(actions)
+        self.obs.append(obs.copy())
+        self.success.append(success.copy())
+        return obs, rewards, success
+
+
+def agent_mlp(stacked_mlp, i, x):
+    """Agent i's output of a StackedMLP, written out: x @ W + b per layer, tanh between layers."""
+    for layer, (w, b) in enumerate(zip(stacked_mlp.weights, stacked_mlp.biases)):
+        x = x @ w[i] + b[i, 0]
+        if layer < len(stacked_mlp.weights) - 1:
+            x = torch.tanh(x)
+    return x
+
+
+@both
+def test_network_input_is_the_papers_tuple_on_real_lifetimes(m, ml1, monkeypatch):
+    """Real MetaWorld lifetimes: at every step x_t = [s_t, a_t, pi(a_t|s_t), 3 r^e_t, 2 d_t, r^i_(t-1)],
+    each part recomputed from what the envs returned and received and from theta as it was at step t:
+    s_t the env's observation (goal zeroed), a_t the unclipped action the inner PPO learns from,
+    pi(a_t|s_t) a density (a product of 1-D Gaussians with the actor's mean and std), r^e_t from the
+    env's success flags, d_t from the env's own step counter."""
+    args = tiny_args(m, lifetimes_per_update=2)
+    T, U, L = args.max_episode_steps, args.steps_per_update, args.lifetime_steps
+    live, thetas, blocks = [], [], []  # the agents; theta of each block; what each inner update got
+    real_agents, real_update = m.InnerAgents, m.inner_ppo_update
+
+    def inner_ppo_update(agents, opt, obs, actions, *a):
+        thetas.append(copy.deepcopy(agents))  # theta of the block that just ended
+        blocks.append((obs.clone(), actions.clone()))
+        return real_update(agents, opt, obs, actions, *a)
+
+    monkeypatch.setattr(m, "InnerAgents", lambda *a: live.append(real_agents(*a)) or live[-1])
+    monkeypatch.setattr(m, "inner_ppo_update", inner_ppo_update)
+    tasks = m.sample_tasks(ml1.train_classes, ml1.train_tasks, 2, np.random.default_rng(1))
+    envs = RecordingEnvs(m.EnvGroup(ml1.train_classes, T))
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # as in every process that lives lifetimes (Lifetimes.run, lifetime_worker)
+    try:
+        record = m.run_lifetimes(envs, tasks, train_keys(m, 2), m.MetaNet(args.meta_std_scale), args, m.Timer())
+    finally:
+        torch.set_num_threads(m.UPDATE_THREADS)
+    thetas.append(live[0])  # the last block's: after the last inner update
+    x, n = record["meta_inputs"], 2
+    assert x.shape == (n, L, m.META_INPUT_DIM) and len(thetas) == L // U and len(envs.counters) == L
+    # s_t: what the env returned, its goal (MetaWorld v3: obs[-3:]) zeroed
+    obs = torch.as_tensor(np.stack(envs.obs[:L], 1))
+    assert torch.equal(x[..., :39], obs), "s_t is not the observation the env returned"
+    assert torch.all(obs[..., -3:] == 0) and torch.all(obs[..., :3] != 0)  # no goal; the hand position
+    # a_t: the action as stored for the inner PPO, unclipped; the env received it clipped to [-1, 1]
+    a = x[..., 39:43]
+    for j, (block_obs, block_actions) in enumerate(blocks):
+        assert torch.equal(x[:, j * U:(j + 1) * U, :39], block_obs), f"block {j}: s_t is not the inner PPO's"
+        assert torch.equal(a[:, j * U:(j + 1) * U], block_actions), f"block {j}: a_t is not the inner PPO's"
+    assert torch.equal(torch.as_tensor(np.stack(envs.received, 1)), a.clamp(-1, 1)) and (a.abs() > 1).any()
+    # pi(a_t|s_t): the density under theta of step t's block (theta moves at each inner update)
+    assert not torch.equal(thetas[0].actor_logstd, thetas[1].actor_logstd)
+    with torch.no_grad():
+        for j, theta in enumerate(thetas):
+            for i in range(n):
+                blk = slice(j * U, (j + 1) * U)
+                mu = agent_mlp(theta.actor_mean, i, obs[i, blk]).double()
+                sigma = theta.actor_logstd[i, 0].exp().double()
+                density = (torch.exp(-(a[i, blk].double() - mu) ** 2 / (2 * sigma ** 2))
+                           / (sigma * math.sqrt(2 * math.pi))).prod(-1)
+                torch.testing.assert_close(x[i, blk, 43].double(), density, rtol=1e-4, atol=0,
+                                           msg=lambda e: f"pi(a_t|s_t), block {j}, lifetime {i}: {e}")
+    # 3 r^e_t from the env's success flags, episode by episode (the env's step counter at 0: a first step)
+    first = torch.tensor(envs.counters).T == 0
+    success = np.stack(envs.success, 1)
+    sparse = torch.zeros(n, L)
+    for i in range(n):
+        starts = [t for t in range(L) if first[i, t]]
+        for s, e in zip(starts, starts[1:] + [L]):
+            hits = [t for t in range(s, e) if success[i, t]]
+            if hits:
+                sparse[i, hits[0]] = 1 - 0.7 * (hits[0] - s) / (e - s)
+            else:
+                sparse[i, e - 1] = -0.2
+    assert first.sum() == n * L // T
+    torch.testing.assert_close(x[..., 44], 3 * sparse)
+    # 2 d_t, and the network's own sample at t - 1 (0 at the first step)
+    assert torch.equal(x[..., 45], 2.0 * first)
+    assert torch.equal(x[:, 1:, 46], record["meta_actions"][:, :-1]) and torch.all(x[:, 0, 46] == 0)
+
+
 # 2. Batched GAE ---------------------------------------------------------------------------------
 def gae_loop(rewards, values, gamma, lam, T):
     n, b = rewards.shape
@@ -494,6 +595,24 @@ def test_normaliser_is_the_running_class_mean_of_the_shaped_reward(m):
     torch.testing.assert_close(norm(torch.ones(1, 8), ["c"]), torch.full((1, 8), 1e-4 / 1e-7))
 
 
+@both
+def test_normaliser_mean_is_over_everything_seen_after_many_unequal_updates(m):
+    """After each of five updates of unequal sizes and scales (a class missing from some), each class's
+    count and mean are those of every shaped reward of it seen so far, all weighted alike: not a weighted
+    recent average, nor a count that forgets earlier updates."""
+    g = torch.Generator().manual_seed(1)
+    norm = m.ShapedRewardNormalizer(["a", "b"], 1e-4)
+    seen = {"a": [], "b": []}
+    for update, classes in enumerate((["a"], ["a", "b", "a", "a"], ["b"], ["b", "a"], ["a", "a", "a"])):
+        shaped = torch.rand(len(classes), 8, generator=g) * 4 ** update  # each update on its own scale
+        norm.update(shaped, classes)
+        for row, c in zip(shaped, classes):
+            seen[c] += row.double().tolist()
+        for c in "ab":
+            assert norm.count[c] == len(seen[c])
+            assert norm.mean[c] == pytest.approx(sum(seen[c]) / max(len(seen[c]), 1), rel=1e-12, abs=0)
+
+
 # 5. Independent inner agents ------------------------------------------------------------------
 def make_inner_batch(agents, n, b, seed):
     """(obs, actions, logprobs, advantages[, returns]): returns only for agents with a critic."""
@@ -591,6 +710,76 @@ def test_stacked_update_equals_separate_single_agent_updates(m, max_grad_norm):
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
         assert not torch.equal(ref.actor_logstd, agents.actor_logstd[i])  # the update did move it
     assert hasattr(agents, "critic") == (m is mr)
+
+
+def reference_inner_loss(agents, batch, idx, args):
+    """SPEC 2's inner PPO loss of one minibatch (rows idx (N, mb) of each agent's batch), written out: the
+    clipped surrogate on the advantages normalised over the minibatch (mean, unbiased std), minus ent_coef x
+    the Gaussian entropy, plus vf_coef x 0.5 x the squared value error (when the batch has returns), each a
+    mean over the minibatch; summed over agents."""
+    obs, actions, old_logprobs, advantages, *returns = batch
+    total = 0.0
+    for i, rows in enumerate(idx):
+        adv = advantages[i, rows].tolist()
+        mu = sum(adv) / len(adv)
+        sd = math.sqrt(sum((v - mu) ** 2 for v in adv) / (len(adv) - 1))
+        A = (torch.tensor(adv) - mu) / (sd + 1e-8)
+        logstd = agents.actor_logstd[i, 0]
+        mean = agent_mlp(agents.actor_mean, i, obs[i, rows])
+        logp = (-(actions[i, rows] - mean) ** 2 / (2 * torch.exp(2 * logstd)) - logstd
+                - 0.5 * math.log(2 * math.pi)).sum(-1)
+        ratio = torch.exp(logp - old_logprobs[i, rows])
+        pg = -torch.min(ratio * A, torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef) * A)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + logstd).sum()  # the same for every sample
+        total = total + pg.sum() / len(rows) - args.ent_coef * entropy
+        if returns:
+            v_loss = 0.5 * (agent_mlp(agents.critic, i, obs[i, rows])[:, 0] - returns[0][i, rows]) ** 2
+            total = total + args.vf_coef * v_loss.sum() / len(rows)
+    return total
+
+
+@both
+def test_inner_ppo_loss_is_the_clipped_surrogate_with_its_coefficients(m):
+    """Every inner minibatch's gradient is that of the loss written out (reference_inner_loss), on a batch
+    whose ratios leave [1 - clip_coef, 1 + clip_coef] on both sides, with advantages far from mean 0 and
+    std 1, ent_coef > 0 and (metareward) vf_coef != 0.5; another clip_coef changes it; and one real step
+    (Adam's first: -lr g / (|g| + eps)) moves theta down that loss's gradient."""
+    torch.manual_seed(0)
+    n, b = 2, 40
+    agents = m.InnerAgents(n)
+    obs, actions, logprobs, advantages, *returns = make_inner_batch(agents, n, b, seed=4)
+    g = torch.Generator().manual_seed(5)
+    logprobs = logprobs + 0.8 * (2 * torch.rand(n, b, generator=g) - 1)  # ratios from exp(-0.8) to exp(0.8)
+    batch = (obs, actions, logprobs, 3 * advantages + 2, *returns)
+    perms = torch.rand(3, n, b, generator=g).argsort(-1)
+    coefs = dict(ent_coef=0.05, max_grad_norm=math.inf, **({"vf_coef": 0.7} if m is mr else {}))
+    names, params = zip(*agents.named_parameters())
+    grads = {}
+    for clip in (0.1, 0.3):
+        args = inner_args(m, clip_coef=clip, **coefs)  # 3 epochs of 4 minibatches of 10
+        mb = b // args.num_minibatches
+        ratio = (agents.get_action(obs, actions)[1] - logprobs).exp()
+        assert (ratio < 1 - clip).float().mean() > 0.2 and (ratio > 1 + clip).float().mean() > 0.2
+        opt = GradRecorder(params)  # theta never moves: every minibatch's loss is at the same theta
+        m.inner_ppo_update(agents, opt, *batch, perms, args)
+        assert len(opt.grads) == args.update_epochs * args.num_minibatches
+        for k, got in enumerate(opt.grads):
+            epoch, start = divmod(k, args.num_minibatches)
+            loss = reference_inner_loss(agents, batch, perms[epoch][:, start * mb:(start + 1) * mb], args)
+            for p, name, want in zip(got, names, torch.autograd.grad(loss, params)):
+                torch.testing.assert_close(p, want, atol=1e-6, rtol=1e-4,
+                                           msg=lambda e: f"clip {clip}, minibatch {k}, {name}: {e}")
+        grads[clip] = opt.grads
+    assert not all(torch.allclose(p, q) for p, q in zip(grads[0.1][0], grads[0.3][0]))
+    # one real step on one minibatch of the whole batch
+    args = dataclasses.replace(args, update_epochs=1, num_minibatches=1)
+    moved = copy.deepcopy(agents)
+    m.inner_ppo_update(moved, torch.optim.Adam(moved.parameters(), lr=args.learning_rate, eps=1e-5), *batch,
+                       perms[:1], args)
+    loss = reference_inner_loss(agents, batch, perms[0], args)
+    for p, q, grad in zip(params, moved.parameters(), torch.autograd.grad(loss, params)):
+        torch.testing.assert_close(q - p, -args.learning_rate * grad / (grad.abs() + 1e-5), atol=2e-7, rtol=1e-3)
+    assert reference_inner_loss(moved, batch, perms[0], args) < loss
 
 
 def test_advantage_variant_inner_ppo_uses_the_networks_advantages(monkeypatch):
@@ -712,10 +901,12 @@ def test_ml1_meta_batch_has_distinct_train_goals(m, ml1):
 @pytest.fixture(scope="module", params=[mr, ma], ids=["reward", "advantage"])
 def spied_run(request, tmp_path_factory):
     """A tiny meta-training run (2 outer updates, validation after each, then the evaluation), with what
-    meta_train handed the estimator and the outer PPO, and the tasks and first record of each evaluate call."""
+    meta_train handed the estimator and the outer PPO, the tasks and first record of each evaluate call,
+    and per run_lifetimes call its phase, keys, network, record, initial agents and inner shuffles."""
     m = request.param
-    seen = dict(estimator=[], outer=[], evaluate=[], phase="meta-training")
-    real = {f: getattr(m, f) for f in ("meta_advantages", "outer_ppo_update", "evaluate", "run_evaluation")}
+    seen = dict(estimator=[], outer=[], evaluate=[], lifetimes=[], phase="meta-training")
+    real = {f: getattr(m, f) for f in ("meta_advantages", "outer_ppo_update", "evaluate", "run_evaluation",
+                                       "run_lifetimes", "InnerAgents", "inner_ppo_update")}
 
     def meta_advantages(rewards, values, *a):
         seen["estimator"].append((rewards.clone(), values.clone()))
@@ -734,18 +925,71 @@ def spied_run(request, tmp_path_factory):
         seen["phase"] = "evaluation"
         return real["run_evaluation"](*a, **kw)
 
+    def run_lifetimes(envs, tasks, keys, net, args, timer, evaluation=False, *a):
+        phase = "validation" if evaluation and seen["phase"] == "meta-training" else seen["phase"]
+        call = dict(phase="training" if not evaluation else phase, keys=list(keys), net=copy.deepcopy(net), perms=[])
+        seen["lifetimes"].append(call)
+        call["record"] = real["run_lifetimes"](envs, tasks, keys, net, args, timer, evaluation, *a)
+        return call["record"]
+
+    def InnerAgents(*a):
+        agents = real["InnerAgents"](*a)
+        seen["lifetimes"][-1]["agents"] = copy.deepcopy(agents)  # theta as initialised
+        return agents
+
+    def inner_ppo_update(agents, opt, *a):
+        seen["lifetimes"][-1]["perms"].append(a[-2].clone())  # (..., perms, args)
+        return real["inner_ppo_update"](agents, opt, *a)
+
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("spied"))
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(m, "make_benchmark", cached_make_benchmark)
-            for f in (meta_advantages, outer_ppo_update, evaluate, run_evaluation):
+            for f in (meta_advantages, outer_ppo_update, evaluate, run_evaluation, run_lifetimes, InnerAgents,
+                      inner_ppo_update):
                 patch.setattr(m, f.__name__, f)
             args = tiny_args(m, num_outer_updates=2, val_every=1, val_tasks=2, eval_tasks=3, eval_repeats=1)
             m.main(args)
     finally:
         os.chdir(cwd)
     return m, args, seen
+
+
+def test_every_lifetime_of_a_run_draws_fresh_random_streams(spied_run):
+    """No lifetime of the run reuses another's random streams: update 2's lifetimes not update 1's, the
+    validation and evaluation lifetimes neither training's nor each other's. Compared, per lifetime, as
+    drawn: the initial theta, the action noise (a_t - mean(s_t)) / std in the first block, the r^i noise
+    (r^i_t - mean_t) / std_t (training; the rest use the mean) and the inner minibatch shuffles. Only the
+    validation lifetimes repeat: the same streams at each validation, so that its scores compare networks."""
+    m, args, seen = spied_run
+    U = args.steps_per_update
+    lifetimes = []
+    for call in seen["lifetimes"]:
+        x, agents, net = call["record"]["meta_inputs"], call["agents"], call["net"]
+        with torch.no_grad():
+            mean, std, _, _ = net(x, net.initial_state(len(x)))
+            for i, key in enumerate(call["keys"]):
+                action_mean = agent_mlp(agents.actor_mean, i, x[i, :U, :39])
+                lifetimes.append(dict(
+                    name=f"{call['phase']} lifetime {key}", phase=call["phase"],
+                    theta=torch.cat([w[i].flatten() for w in agents.actor_mean.weights]),
+                    action_noise=(x[i, :U, 39:43] - action_mean) / agents.actor_logstd[i, 0].exp(),
+                    reward_noise=(call["record"]["meta_actions"][i] - mean[i]) / std[i],
+                    shuffles=torch.stack([p[:, i] for p in call["perms"]])))
+    phases = [d["phase"] for d in lifetimes]
+    assert phases == ["training"] * 3 + ["validation"] * 2 + ["training"] * 3 + ["validation"] * 2 + ["evaluation"] * 3
+    first, second = lifetimes[3:5], lifetimes[8:10]  # the two validations
+    for a, b in zip(first, second):
+        assert torch.equal(a["theta"], b["theta"]) and torch.equal(a["shuffles"], b["shuffles"])
+        torch.testing.assert_close(a["action_noise"], b["action_noise"], atol=1e-5, rtol=0)
+    distinct = [d for d in lifetimes if not any(d is s for s in second)]
+    for j, a in enumerate(distinct):
+        for b in distinct[:j]:
+            assert not torch.equal(a["shuffles"], b["shuffles"]), f"{a['name']} and {b['name']}: the same shuffles"
+            for stream in ("theta", "action_noise") + (("reward_noise",) if a["phase"] == b["phase"] == "training"
+                                                       else ()):
+                assert (a[stream] - b[stream]).abs().mean() > 0.01, f"{a['name']} and {b['name']}: the same {stream}"
 
 
 def test_outer_objective_is_the_running_normalised_shaped_reward(spied_run):
@@ -1185,8 +1429,10 @@ def test_both_baselines_run_the_same_evaluation(tmp_path, monkeypatch):
 def test_resume_after_a_crash_equals_an_uninterrupted_run(m, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = dict(num_outer_updates=4, save_every=2, eval_tasks=1, eval_repeats=1)
+    real_update, calls, shaped = m.outer_ppo_update, [], []
+    monkeypatch.setattr(m, "outer_ppo_update", lambda net, opt, batch, *a: shaped.append(batch["shaped"].double())
+                        or real_update(net, opt, batch, *a))
     straight = m.main(tiny_args(m, exp_name="straight", **args))
-    real_update, calls = m.outer_ppo_update, []
 
     def crash_in_update_4(*a):
         calls.append(1)
@@ -1213,6 +1459,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(m, tmp_path, monkeypat
     assert a["update"] == b["update"] == 4
     assert all(torch.equal(a["meta_net"][k], b["meta_net"][k]) for k in a["meta_net"])
     assert read_csv(os.path.join(straight, "eval.csv")) == read_csv(crashed / "eval.csv")
+    # the normaliser: at each checkpoint the mean of every shaped reward so far, restored exactly by --resume
+    for saved, updates in ((ckpt, 2), (a, 4), (b, 4)):
+        everything = torch.cat([s.flatten() for s in shaped[:updates]])
+        assert saved["normalizer"]["count"] == {"door-close-v3": len(everything)}
+        assert saved["normalizer"]["mean"]["door-close-v3"] == pytest.approx(everything.mean().item(), rel=1e-12)
+    assert a["normalizer"] == b["normalizer"]
 
 
 @both
