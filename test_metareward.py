@@ -713,7 +713,7 @@ def test_stacked_update_equals_separate_single_agent_updates(m, max_grad_norm):
 
 
 def reference_inner_loss(agents, batch, idx, args):
-    """SPEC 2's inner PPO loss of one minibatch (rows idx (N, mb) of each agent's batch), written out: the
+    """The inner PPO loss of one minibatch (rows idx (N, mb) of each agent's batch), written out: the
     clipped surrogate on the advantages normalised over the minibatch (mean, unbiased std), minus ent_coef x
     the Gaussian entropy, plus vf_coef x 0.5 x the squared value error (when the batch has returns), each a
     mean over the minibatch; summed over agents."""
