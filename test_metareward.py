@@ -1392,6 +1392,26 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == "error: no eval.csv at no_such_run"
 
 
+def test_env_rate_tool_steps_every_env_and_refuses_bad_shares(capsys, monkeypatch):
+    """tools/env_rate.py: N envs x S steps shared over K processes, the rate over all of them; bad shares
+    refused in one line."""
+    spec = importlib.util.spec_from_file_location("env_rate", os.path.join(HERE, "tools", "env_rate.py"))
+    er = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(er)
+    stepped = []
+    real = er.step_envs
+    monkeypatch.setattr(er, "step_envs", lambda name, goals, steps, seed: stepped.append((list(goals), steps))
+                        or real(name, goals, steps, seed))
+    rate = er.main(["--num-envs", "3", "--steps", "12", "--workers", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert stepped == [([0, 1, 2], 12)] and rate > 0
+    assert out == ["door-close-v3: 3 envs x 12 steps in 1 process(es), " + out[0].split(", ")[-1], f"{rate:.0f} env-steps/s"]
+    for argv in (["--workers", "4", "--num-envs", "3"], ["--steps", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            er.main(argv)
+        assert exc.value.code == 2 and "need 1 <= --workers <= --num-envs" in capsys.readouterr().err
+
+
 def test_curves_tool_compares_runs_at_equal_updates(tmp_path, capsys):
     """tools/plot_curves.py: the runs cut at the last update all reached, block means value by value
     (success on the last 4 episodes, shaped return), the figure, and bad input as one line."""
