@@ -1594,11 +1594,12 @@ def test_an_error_in_a_worker_process_stops_the_run_with_one_line(m, tmp_path, m
 
 
 # The shipped networks (checkpoints/) ----------------------------------------------------------------
-# Per task, the network file and its mean output at steps 0, 5, 10, 12 (the success step), 19 of
+# Per (task, meta-training seed), the network file and its mean output at steps 0, 5, 10, 12 (the success step), 19 of
 # fixed_meta_input() when it shipped.
 SHIPPED = {
-    "door-close-v3": ("door-close-v3_seed1_update50.pt", [-0.035799, 0.035447, -0.021396, -0.063259, -0.068456]),
-    "button-press-v3": ("button-press-v3_seed1_update25.pt", [0.022218, 0.009428, 0.020312, 0.013444, -0.00359]),
+    ("door-close-v3", 1): ("door-close-v3_seed1_update50.pt", [-0.035799, 0.035447, -0.021396, -0.063259, -0.068456]),
+    ("button-press-v3", 1): ("button-press-v3_seed1_update25.pt", [0.022218, 0.009428, 0.020312, 0.013444, -0.00359]),
+    ("button-press-v3", 2): ("button-press-v3_seed2_update25.pt", [0.019189, -0.029732, -0.030703, -0.077315, -0.084626]),
 }
 SHIPPED_ADVANTAGE = {
     "door-close-v3": ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
@@ -1620,7 +1621,7 @@ def fixed_meta_input(S=20, T=10):
     return x.float()[None]
 
 
-def check_shipped_network(m, path, env_name, pinned, settings):
+def check_shipped_network(m, path, env_name, pinned, settings, seed=1):
     """A shipped network of script m: meta-trained on env_name with the paper's settings (seed 1), the
     network's shapes, the outputs it gave when it shipped on a fixed input, and on a short lifetime of
     one of the task's test goals finite, non-constant outputs that are its mean on what it saw."""
@@ -1629,7 +1630,7 @@ def check_shipped_network(m, path, env_name, pinned, settings):
     m.check_args(paper)  # the defaults filled in (ML1)
     paper = dataclasses.asdict(paper)
     assert {k: ckpt["args"][k] for k in settings} == {k: paper[k] for k in settings}
-    assert ckpt["args"]["env_name"] == env_name and ckpt["args"]["seed"] == 1
+    assert ckpt["args"]["env_name"] == env_name and ckpt["args"]["seed"] == seed
     meta_net = m.load_meta_net(path)
     assert {k: v.shape for k, v in meta_net.state_dict().items()} == \
         {k: v.shape for k, v in m.MetaNet().state_dict().items()}
@@ -1648,14 +1649,14 @@ def check_shipped_network(m, path, env_name, pinned, settings):
     torch.testing.assert_close(out, means, atol=1e-5, rtol=0)  # evaluation: the mean, of this network
 
 
-@pytest.mark.parametrize("env_name", SHIPPED)
-def test_shipped_network_loads_and_rewards_a_real_lifetime(env_name):
-    """The reward network shipped for each task (see check_shipped_network)."""
-    name, pinned = SHIPPED[env_name]
+@pytest.mark.parametrize("env_name, seed", SHIPPED)
+def test_shipped_network_loads_and_rewards_a_real_lifetime(env_name, seed):
+    """The reward networks shipped for each task and meta-training seed (see check_shipped_network)."""
+    name, pinned = SHIPPED[env_name, seed]
     check_shipped_network(mr, os.path.join(HERE, "checkpoints", name), env_name, pinned,
                           ("benchmark", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
                            "max_episode_steps", "meta_learning_rate", "meta_std_scale", "tbptt_len",
-                           "meta_update_epochs"))
+                           "meta_update_epochs"), seed)
 
 
 @pytest.mark.parametrize("env_name", SHIPPED_ADVANTAGE)
