@@ -7,7 +7,7 @@ network signals per episode of its traced lifetime, and draws --plot-file: succe
 method, and the signal over one evaluation episode next to the shaped reward.
 
     python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
-    python tools/plot_results.py results/door-close-v3/*/    # 3 networks per method: mean +- std over them
+    python tools/plot_results.py runs/NET_SEED1 runs/NET_SEED2 runs/NET_SEED3   # 3 networks: mean +- std over them
 
 Needs numpy only; the figure needs matplotlib (pip install matplotlib). Bad input: one line, exit 2.
 """
