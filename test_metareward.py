@@ -1369,19 +1369,27 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
     """Each README results table is what tools/plot_results.py prints from the results folders of its task, and
     each trace table of results/door-close-v3/README.md what it prints from that network's folder."""
     readme = open(os.path.join(HERE, "README.md")).read().splitlines()
-    for task in ("door-close", "button-press"):
-        runs = sorted(glob.glob(os.path.join(HERE, "results", f"{task}-v3", "*", "")))
+    baselines = [("PPO shaped", "shaped"), ("PPO sparse", "sparse")]
+    teaching = [(f"network of seed {s}", f"intrinsic, seed {s} update 25") for s in (1, 2, 3)]
+    for heading, folders, labels in [
+            ("### ML1 door-close", ["door-close-v3/*"],
+             [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
+            ("### ML1 button-press", ["button-press-v3/*"],
+             [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
+            ("## Teaching: meta-learning from scratch in 20 minutes",  # the 3 teaching networks, the baselines
+             ["door-close-v3_teaching/*", "door-close-v3/ppo_*"], [("intrinsic rewards", "intrinsic"),
+                                                                   *teaching, *baselines])]:
+        runs = sorted(run for f in folders for run in glob.glob(os.path.join(HERE, "results", f, "")))
         proc = subprocess.run([sys.executable, PLOT_TOOL, *runs, "--plot-file", str(tmp_path / "r.png")],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
         printed = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in proc.stdout.splitlines()}
-        start = readme.index(f"### ML1 {task}")  # the task's section, up to the next heading
+        start = readme.index(heading)  # the section, up to the next heading
         section = readme[start + 1:next(i for i in range(start + 1, len(readme)) if readme[i].startswith("#"))]
-        for label, method in [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"),
-                              ("PPO shaped", "shaped"), ("PPO sparse", "sparse")]:
-            cells = next(line for line in section if line.startswith(f"| {label} ")).replace("**", "").split(" | ")
-            seeds, lifetimes = map(int, cells[1].split(" x "))
-            assert printed[method][2:] == [str(seeds), str(seeds * lifetimes)] + cells[2:6]
+        for label, method in labels:
+            cells = next(line for line in section if line.startswith(f"| {label} ")).replace("**", "").strip("| ").split(" | ")
+            units, lifetimes = map(int, cells[1].split(" x "))  # networks or seeds x lifetimes of each
+            assert printed[method][2:] == [str(units), str(units * lifetimes)] + cells[2:6]
     details = open(os.path.join(HERE, "results", "door-close-v3", "README.md")).read().splitlines()
     for network in ("intrinsic_update50", "advantage_update50"):  # each network's trace table
         proc = subprocess.run([sys.executable, PLOT_TOOL, os.path.join(HERE, "results", "door-close-v3", network),
@@ -1390,6 +1398,24 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
         assert len(trace) == 12 and all(line in details for line in trace)
     proc = subprocess.run([sys.executable, PLOT_TOOL, "no_such_run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: no eval.csv at no_such_run"
+
+
+def test_readme_teaching_command_shrinks_only_the_outer_loop():
+    """The README's teaching command is a flags-only run of metareward.py whose settings differ from the
+    paper's only where its text says: the meta-batch, the outer learning rate, the update count, no
+    validation, one evaluation lifetime per test goal."""
+    import tyro
+    readme = open(os.path.join(HERE, "README.md")).read()
+    section = readme[readme.index("## Teaching:"):]
+    command = next(line for line in section.splitlines() if line.startswith("python metareward.py"))
+    args = tyro.cli(mr.Args, args=command.split()[2:])
+    mr.check_args(args)
+    paper = mr.Args()
+    mr.check_args(paper)
+    changed = {k: v for k, v in dataclasses.asdict(args).items() if v != getattr(paper, k)}
+    assert changed == dict(lifetimes_per_update=10, meta_learning_rate=3e-4, num_outer_updates=25, val_every=0,
+                           eval_repeats=1)
+    assert (args.env_name, args.max_episode_steps, args.lifetime_steps) == ("door-close-v3", 500, 6000)
 
 
 def test_env_rate_tool_steps_every_env_and_refuses_bad_shares(capsys, monkeypatch):
@@ -1602,8 +1628,8 @@ SHIPPED = {
     ("button-press-v3", 2): ("button-press-v3_seed2_update25.pt", [0.019189, -0.029732, -0.030703, -0.077315, -0.084626]),
 }
 SHIPPED_ADVANTAGE = {
-    "door-close-v3": ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
-    "button-press-v3": ("button-press-v3_advantage_seed1_update25.pt", [0.125735, 0.123634, 0.143956, 0.312005, 0.217337]),
+    ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
+    ("button-press-v3", 1): ("button-press-v3_advantage_seed1_update25.pt", [0.125735, 0.123634, 0.143956, 0.312005, 0.217337]),
 }
 
 
@@ -1622,7 +1648,7 @@ def fixed_meta_input(S=20, T=10):
 
 
 def check_shipped_network(m, path, env_name, pinned, settings, seed=1):
-    """A shipped network of script m: meta-trained on env_name with the paper's settings (seed 1), the
+    """A shipped network of script m: meta-trained on env_name with the paper's settings and the given seed, the
     network's shapes, the outputs it gave when it shipped on a fixed input, and on a short lifetime of
     one of the task's test goals finite, non-constant outputs that are its mean on what it saw."""
     ckpt = m.load_checkpoint(path)
@@ -1659,16 +1685,16 @@ def test_shipped_network_loads_and_rewards_a_real_lifetime(env_name, seed):
                            "meta_update_epochs"), seed)
 
 
-@pytest.mark.parametrize("env_name", SHIPPED_ADVANTAGE)
-def test_shipped_advantage_network_loads_and_signals_a_real_lifetime(env_name):
-    """The advantage network shipped for each task (see check_shipped_network), with the variant's
-    own paper settings; metareward.py refuses it."""
-    name, pinned = SHIPPED_ADVANTAGE[env_name]
+@pytest.mark.parametrize("env_name, seed", SHIPPED_ADVANTAGE)
+def test_shipped_advantage_network_loads_and_signals_a_real_lifetime(env_name, seed):
+    """The advantage networks shipped for each task and meta-training seed (see check_shipped_network),
+    with the variant's own paper settings; metareward.py refuses them."""
+    name, pinned = SHIPPED_ADVANTAGE[env_name, seed]
     path = os.path.join(HERE, "checkpoints", name)
     check_shipped_network(ma, path, env_name, pinned,
                           ("benchmark", "lifetimes_per_update", "lifetime_steps", "steps_per_update",
                            "max_episode_steps", "meta_learning_rate", "meta_std_scale", "meta_ent_coef",
-                           "tbptt_len", "meta_update_epochs"))
+                           "tbptt_len", "meta_update_epochs"), seed)
     assert ma.Args().meta_std_scale == 1.0 and ma.Args().meta_ent_coef == 0.0005
     with pytest.raises(mr.ConfigError, match="written by metareward_advantage.py, not metareward.py"):
         mr.load_meta_net(path)
