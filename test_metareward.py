@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import tyro
 
 import metareward as mr
 import metareward_advantage as ma
@@ -1387,7 +1388,8 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
         start = readme.index(heading)  # the section, up to the next heading
         section = readme[start + 1:next(i for i in range(start + 1, len(readme)) if readme[i].startswith("#"))]
         for label, method in labels:
-            cells = next(line for line in section if line.startswith(f"| {label} ")).replace("**", "").strip("| ").split(" | ")
+            line = next(line for line in section if line.startswith(f"| {label} "))
+            cells = line.replace("**", "").strip("| ").split(" | ")
             units, lifetimes = map(int, cells[1].split(" x "))  # networks or seeds x lifetimes of each
             assert printed[method][2:] == [str(units), str(units * lifetimes)] + cells[2:6]
     details = open(os.path.join(HERE, "results", "door-close-v3", "README.md")).read().splitlines()
@@ -1404,7 +1406,6 @@ def test_readme_teaching_command_shrinks_only_the_outer_loop():
     """The README's teaching command is a flags-only run of metareward.py whose settings differ from the
     paper's only where its text says: the meta-batch, the outer learning rate, the update count, no
     validation, one evaluation lifetime per test goal."""
-    import tyro
     readme = open(os.path.join(HERE, "README.md")).read()
     section = readme[readme.index("## Teaching:"):]
     command = next(line for line in section.splitlines() if line.startswith("python metareward.py"))
