@@ -1291,6 +1291,17 @@ def test_error_bars_are_over_networks_when_a_method_has_several():
         ["| advantage, seed 1 update 25", "| advantage, seed 2 update 25", "| advantage, seed 3 update 50"]
     assert per_network[3] == "| advantage, seed 2 update 25 | 1 | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | " \
                              "1.00 +- 0.00 | 1.00 +- 0.00 |"
+    assert pr.seed_sets_note(rows) == ("the advantage networks were evaluated on different seeds (seed 1 update 25: "
+                                       "1 2; seed 2 update 25: 1; seed 3 update 50: 1); --network-eval-seeds "
+                                       "scores them all on the same ones")
+    # --network-eval-seeds 1: every network on seed 1 (the first one's mean is then 1.0), the baseline untouched
+    same = pr.select_network_seeds(rows, ["1"])
+    assert same == [r for r in rows if not r.get("network") or r["seed"] == "1"]
+    assert pr.seed_sets_note(same) is None and pr.results_table(same)[3] == table[3]
+    det = [1.0, 1.0, 0.0]
+    assert pr.results_table(same)[2].endswith(f"| {np.mean(det):.2f} +- {np.std(det, ddof=1):.2f} |")
+    with pytest.raises(pr.ConfigError, match="network seed 2 update 25 has no rows of evaluation seed.s. 2"):
+        pr.select_network_seeds(rows, ["2"])
 
 
 def test_plot_takes_each_seed_of_a_method_from_one_file(tmp_path):

@@ -8,6 +8,7 @@ method, and the signal over one evaluation episode next to the shaped reward.
 
     python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
     python tools/plot_results.py runs/NET_SEED1 runs/NET_SEED2 runs/NET_SEED3   # 3 networks: mean +- std over them
+    python tools/plot_results.py results/door-close-v3/*/ --network-eval-seeds 1   # every network on seed 1 only
 
 Needs numpy only; the figure needs matplotlib (pip install matplotlib). Bad input: one line, exit 2.
 """
@@ -64,6 +65,29 @@ def seed_means(rows, columns):
 def networks(rows):
     """The distinct networks of eval.csv's `network` column ("seed S update U"; empty for a baseline)."""
     return list(dict.fromkeys(r.get("network", "") for r in rows))
+
+
+def select_network_seeds(rows, seeds):
+    """Keep only the evaluation seeds `seeds` of the meta-learned networks' rows (baselines keep all theirs), so
+    that every network is scored on the same seeds; a network with none of them is refused."""
+    kept = [r for r in rows if not r.get("network") or str(r["seed"]) in seeds]
+    missing = [n for n in networks(rows) if n and not any(r.get("network") == n for r in kept)]
+    if missing:
+        raise ConfigError(f"network {missing[0]} has no rows of evaluation seed(s) {' '.join(seeds)}")
+    return kept
+
+
+def seed_sets_note(rows):
+    """A warning when the networks of one method were evaluated on different seeds (each network's mean is then
+    over its own seeds), else None."""
+    for method in dict.fromkeys(r["inner_reward"] for r in rows):
+        sets = {n: sorted({str(r["seed"]) for r in rows if r["inner_reward"] == method and r.get("network") == n})
+                for n in networks([r for r in rows if r["inner_reward"] == method]) if n}
+        if len({tuple(s) for s in sets.values()}) > 1:
+            return (f"the {method} networks were evaluated on different seeds ("
+                    + "; ".join(f"{n}: {' '.join(s)}" for n, s in sets.items())
+                    + "); --network-eval-seeds scores them all on the same ones")
+    return None
 
 
 def unit_means(rows, columns):
@@ -180,12 +204,19 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="run folders (or their eval.csv files); seeds of one method may "
                                                 "be spread over several folders")
     parser.add_argument("--plot-file", default="results.png", help="the figure (needs matplotlib)")
+    parser.add_argument("--network-eval-seeds", nargs="+", metavar="SEED",
+                        help="use only these evaluation seeds of the meta-learned networks (the baselines keep all "
+                             "theirs): the same seeds for every network")
     args = parser.parse_args(argv)
     try:
         rows, trace = load_results(args.runs)
+        if args.network_eval_seeds:
+            rows = select_network_seeds(rows, args.network_eval_seeds)
         if not rows:
             raise ConfigError("the eval.csv files hold no rows")
         print("\n".join(results_table(rows)))
+        if seed_sets_note(rows):
+            print(f"note: {seed_sets_note(rows)}")
         per_network = results_table(rows, per_network=True)
         if per_network:
             print("\n" + "\n".join(per_network))
