@@ -1642,6 +1642,7 @@ SHIPPED = {
 SHIPPED_ADVANTAGE = {
     ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
     ("button-press-v3", 1): ("button-press-v3_advantage_seed1_update25.pt", [0.125735, 0.123634, 0.143956, 0.312005, 0.217337]),
+    ("button-press-v3", 2): ("button-press-v3_advantage_seed2_update50.pt", [-0.171821, -0.115986, -0.209435, -0.409178, -0.404501]),
 }
 
 
