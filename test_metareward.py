@@ -1382,27 +1382,31 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
     each trace table of results/door-close-v3/README.md what it prints from that network's folder."""
     readme = open(os.path.join(HERE, "README.md")).read().splitlines()
     baselines = [("PPO shaped", "shaped"), ("PPO sparse", "sparse")]
-    teaching = [(f"network of seed {s}", f"intrinsic, seed {s} update 25") for s in (1, 2, 3)]
-    for heading, folders, labels in [
-            ("### ML1 door-close", ["door-close-v3/*"],
+    for heading, folders, options, labels in [
+            ("### ML1 door-close", ["door-close-v3/*"], [],
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
-            ("### ML1 button-press", ["button-press-v3/*"],
+            ("### ML1 button-press", ["button-press-v3/*"], ["--network-eval-seeds", "1"],
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
             ("## Teaching: meta-learning from scratch in 20 minutes",  # the 3 teaching networks, the baselines
-             ["door-close-v3_teaching/*", "door-close-v3/ppo_*"], [("intrinsic rewards", "intrinsic"),
-                                                                   *teaching, *baselines])]:
+             ["door-close-v3_teaching/*", "door-close-v3/ppo_*"], [], [("intrinsic rewards", "intrinsic"),
+                                                                       *baselines])]:
         runs = sorted(run for f in folders for run in glob.glob(os.path.join(HERE, "results", f, "")))
-        proc = subprocess.run([sys.executable, PLOT_TOOL, *runs, "--plot-file", str(tmp_path / "r.png")],
+        proc = subprocess.run([sys.executable, PLOT_TOOL, *runs, *options, "--plot-file", str(tmp_path / "r.png")],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
         printed = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in proc.stdout.splitlines()}
         start = readme.index(heading)  # the section, up to the next heading
         section = readme[start + 1:next(i for i in range(start + 1, len(readme)) if readme[i].startswith("#"))]
-        for label, method in labels:
+        per_network = [key for key in printed if ", seed " in key and " update " in key]  # the tool's network rows
+        # ... and the README gives each of them, labelled as the tool prints it
+        assert len([line for line in section if line.split(" | ")[0].split(" (")[0][2:] in per_network]) == len(per_network)
+        for label, method in labels + [(key, key) for key in per_network]:
             line = next(line for line in section if line.startswith(f"| {label} "))
             cells = line.replace("**", "").strip("| ").split(" | ")
             units, lifetimes = map(int, cells[1].split(" x "))  # networks or seeds x lifetimes of each
-            assert printed[method][2:] == [str(units), str(units * lifetimes)] + cells[2:6]
+            n_networks, n_seeds = printed[method][1:3]
+            assert (n_networks if n_networks not in ("-", "1") else n_seeds) == str(units)
+            assert printed[method][3:] == [str(units * lifetimes)] + cells[2:6]
     details = open(os.path.join(HERE, "results", "door-close-v3", "README.md")).read().splitlines()
     for network in ("intrinsic_update50", "advantage_update50"):  # each network's trace table
         proc = subprocess.run([sys.executable, PLOT_TOOL, os.path.join(HERE, "results", "door-close-v3", network),
@@ -1638,6 +1642,7 @@ SHIPPED = {
     ("door-close-v3", 1): ("door-close-v3_seed1_update50.pt", [-0.035799, 0.035447, -0.021396, -0.063259, -0.068456]),
     ("button-press-v3", 1): ("button-press-v3_seed1_update25.pt", [0.022218, 0.009428, 0.020312, 0.013444, -0.00359]),
     ("button-press-v3", 2): ("button-press-v3_seed2_update25.pt", [0.019189, -0.029732, -0.030703, -0.077315, -0.084626]),
+    ("button-press-v3", 3): ("button-press-v3_seed3_update50.pt", [0.077906, 0.007621, 0.075263, 0.06604, -0.005312]),
 }
 SHIPPED_ADVANTAGE = {
     ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
