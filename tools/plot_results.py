@@ -8,7 +8,7 @@ method, and the signal over one evaluation episode next to the shaped reward.
 
     python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
     python tools/plot_results.py runs/NET_SEED1 runs/NET_SEED2 runs/NET_SEED3   # 3 networks: mean +- std over them
-    python tools/plot_results.py results/door-close-v3/*/ --network-eval-seeds 1   # every network on seed 1 only
+    python tools/plot_results.py results/button-press-v3/*/ --network-eval-seeds 1   # every network on seed 1 only
 
 Needs numpy only; the figure needs matplotlib (pip install matplotlib). Bad input: one line, exit 2.
 """
@@ -215,8 +215,9 @@ def main(argv=None):
         if not rows:
             raise ConfigError("the eval.csv files hold no rows")
         print("\n".join(results_table(rows)))
-        if seed_sets_note(rows):
-            print(f"note: {seed_sets_note(rows)}")
+        note = seed_sets_note(rows)
+        if note:
+            print(f"note: {note}")
         per_network = results_table(rows, per_network=True)
         if per_network:
             print("\n" + "\n".join(per_network))
