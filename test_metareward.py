@@ -1304,6 +1304,40 @@ def test_error_bars_are_over_networks_when_a_method_has_several():
         pr.select_network_seeds(rows, ["2"])
 
 
+def test_two_sample_comparison_over_networks():
+    """The tool's Welch test and power count, against published tables: two-sided 5% (1% at df 2) critical values
+    of Student's t, and Cohen's per-group sample sizes for 80% power at d = 0.5 / 0.8 / 1.0 (64 / 26 / 17)."""
+    for t, df, p in ((12.706, 1, 0.05), (9.925, 2, 0.01), (2.776, 4, 0.05), (2.228, 10, 0.05), (1.960, 1e6, 0.05)):
+        assert pr.t_test_p(t, df) == pytest.approx(p, abs=2e-4) and pr.t_test_p(-t, df) == pr.t_test_p(t, df)
+        assert pr.t_quantile(p, df) == pytest.approx(t, abs=2e-3)
+    unit = np.array([-1.0, 1.0]) / np.sqrt(2)  # std 1 (ddof 1)
+    assert [pr.networks_for_power(unit + d, unit) for d in (0.5, 0.8, 1.0)] == [64, 26, 17]
+    a, b = np.array([0.33, 0.37, 0.30]), np.array([0.09, 0.11])
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 2
+    t, df, p = pr.welch(a, b)
+    assert t == pytest.approx((a.mean() - b.mean()) / np.sqrt(va + vb))
+    assert df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1)) and p == pytest.approx(pr.t_test_p(t, df))
+    assert pr.welch(np.ones(2), np.zeros(3)) is None and pr.networks_for_power(np.ones(2), np.ones(2)) is None
+    ones, zeros, half = [1] * 12, [0] * 12, [0] * 8 + [1] * 4
+    rows = []  # advantage: 2 networks; intrinsic: 2; shaped: a baseline (no networks, so not compared)
+    for method, network, lifetimes in (("advantage", "seed 1 update 25", [(ones, 1.0)]),
+                                       ("advantage", "seed 2 update 50", [(half, 1.0), (ones, 0.0)]),
+                                       ("intrinsic", "seed 1 update 25", [(zeros, 0.0)]),
+                                       ("intrinsic", "seed 2 update 25", [(half, 1.0)])):
+        rows += [{**r, "network": network} for r in fake_eval_rows(method, {1: lifetimes})]
+    rows += fake_eval_rows("shaped", {1: [(zeros, 0.0)], 2: [(half, 0.0)]})
+    lines = pr.network_comparison(rows)
+    assert len(lines) == 2 + 4 and all(line.startswith("| advantage (2) - intrinsic (2) | ") for line in lines[2:])
+    x, y = np.array([1.0, 0.5]), np.array([0.0, 0.0])  # episodes 1-4 per network: no variance in intrinsic
+    t, df, p = pr.welch(x, y)
+    assert lines[2] == (f"| advantage (2) - intrinsic (2) | eps 1-4 | +0.75 | {t:.2f} | {df:.1f} | {p:.3f} | "
+                        f"{pr.networks_for_power(x, y)} |")
+    assert lines[5] == "| advantage (2) - intrinsic (2) | deterministic | +0.25 | " + \
+        " | ".join(f"{v:{f}}" for v, f in zip(pr.welch([1.0, 0.5], [0.0, 1.0]), (".2f", ".1f", ".3f"))) + \
+        f" | {pr.networks_for_power(np.array([1.0, 0.5]), np.array([0.0, 1.0]))} |"
+    assert pr.network_comparison([r for r in rows if r["inner_reward"] != "intrinsic"]) == []
+
+
 def test_plot_takes_each_seed_of_a_method_from_one_file(tmp_path):
     """The tool's error bars are over the seed column: one method's seed in two files (two networks
     evaluated with the same seed, or a repeated evaluation) is refused, not merged as one seed."""
@@ -1400,6 +1434,8 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
         per_network = [key for key in printed if ", seed " in key and " update " in key]  # the tool's network rows
         # ... and the README gives each of them, labelled as the tool prints it
         assert len([line for line in section if line.split(" | ")[0].split(" (")[0][2:] in per_network]) == len(per_network)
+        comparison = [line for line in proc.stdout.splitlines() if line.split(" | ")[0].endswith(")") and " - " in line]
+        assert all(line in section for line in comparison)  # the two-sample comparison, line for line
         for label, method in labels + [(key, key) for key in per_network]:
             line = next(line for line in section if line.startswith(f"| {label} "))
             cells = line.replace("**", "").strip("| ").split(" | ")
@@ -1648,6 +1684,7 @@ SHIPPED_ADVANTAGE = {
     ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
     ("button-press-v3", 1): ("button-press-v3_advantage_seed1_update25.pt", [0.125735, 0.123634, 0.143956, 0.312005, 0.217337]),
     ("button-press-v3", 2): ("button-press-v3_advantage_seed2_update50.pt", [-0.171821, -0.115986, -0.209435, -0.409178, -0.404501]),
+    ("button-press-v3", 3): ("button-press-v3_advantage_seed3_update50.pt", [-0.172612, -0.487906, -0.323785, -0.489555, -0.469081]),
 }
 
 

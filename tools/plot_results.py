@@ -2,8 +2,8 @@
 
 Prints the results table (markdown: one row per method, mean +- std over its networks when the folders
 hold several meta-trained networks of it, the paper's error bar; else over its evaluation seeds; else the
-standard error over lifetimes), each network's own row when a method has several, the table of what the
-network signals per episode of its traced lifetime, and draws --plot-file: success per episode index per
+standard error over lifetimes), each network's own row when a method has several, a two-sample test over the
+networks of every two methods that have several (Welch's t), the table of what the network signals per episode of its traced lifetime, and draws --plot-file: success per episode index per
 method, and the signal over one evaluation episode next to the shaped reward.
 
     python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
@@ -14,6 +14,7 @@ Needs numpy only; the figure needs matplotlib (pip install matplotlib). Bad inpu
 """
 import argparse
 import csv
+import math
 import os
 import sys
 
@@ -99,13 +100,18 @@ def unit_means(rows, columns):
     return seed_means(rows, columns)
 
 
-def table_row(rows, columns):
-    """The paper's table columns (episodes 1-4, 5-8, 9-12 and the deterministic point) -> (mean, error):
-    the std over networks (several networks), else over seeds (several seeds), else the standard error
-    over lifetimes."""
+def table_spans(columns):
+    """The paper's table columns: episodes 1-4, 5-8, 9-12 and the deterministic point, as slices of `columns`."""
     e = len(columns) - 1
     spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
     spans["deterministic"] = slice(e, e + 1)
+    return spans
+
+
+def table_row(rows, columns):
+    """The paper's table columns (table_spans) -> (mean, error): the std over networks (several networks), else
+    over seeds (several seeds), else the standard error over lifetimes."""
+    spans = table_spans(columns)
     per_unit = unit_means(rows, columns)
     if len(per_unit) > 1:
         return {name: (per_unit[:, s].mean(), per_unit[:, s].mean(1).std(ddof=1)) for name, s in spans.items()}
@@ -131,6 +137,82 @@ def results_table(rows, per_network=False):
             label = f"{method}, {named[0]}" if per_network else method
             lines.append(f"| {label} | {len(named) or '-'} | {len({str(r['seed']) for r in group})} | "
                          f"{len(group)} | " + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
+    return lines
+
+
+def t_test_p(t, df):
+    """Two-sided p-value of Student's t distribution with df (real) degrees of freedom: 1 - 2 * the integral of
+    its density from 0 to |t| (Simpson's rule; numpy only, accurate to about 1e-9)."""
+    x = np.linspace(0.0, abs(t), 40001)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    f = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+    integral = (x[1] - x[0]) / 3 * (f[0] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum() + f[-1])
+    return max(0.0, 1.0 - 2.0 * integral)
+
+
+def welch(a, b):
+    """Welch's two-sample t-test of the means of a and b (unequal variances): (t, degrees of freedom, two-sided
+    p), or None when both samples have zero variance."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    if va + vb == 0:
+        return None
+    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return t, df, t_test_p(t, df)
+
+
+def t_quantile(p, df):
+    """The t with two-sided p-value p (t_test_p inverted by bisection)."""
+    lo, hi = 0.0, 1.0
+    while t_test_p(hi, df) > p:
+        hi *= 2
+    for _ in range(60):
+        lo, hi = ((lo + hi) / 2, hi) if t_test_p((lo + hi) / 2, df) > p else (lo, (lo + hi) / 2)
+    return (lo + hi) / 2
+
+
+def networks_for_power(a, b, alpha=0.05, power=0.8):
+    """Networks per method that a two-sided t-test at level alpha would need to detect the observed difference
+    of a and b with the given power, if it were the true difference and the pooled std the true one: the least
+    n >= 2 with P(T > t_crit - d sqrt(n / 2)) >= power, T a t with 2 (n - 1) degrees of freedom (the shifted-t
+    approximation of the noncentral t; d the difference over the pooled std). None when there is no difference."""
+    pooled = math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
+    if np.mean(a) == np.mean(b):
+        return None
+    if pooled == 0:
+        return 2
+    d = abs(np.mean(a) - np.mean(b)) / pooled
+    n = max(2, math.ceil(2 * (1.959964 + 0.841621) ** 2 / d ** 2))  # the normal approximation: a lower bound
+    while True:
+        df = 2 * (n - 1)
+        x = t_quantile(alpha, df) - d * math.sqrt(n / 2)
+        if (1 - t_test_p(x, df) / 2 if x < 0 else t_test_p(x, df) / 2) >= power:
+            return n
+        n += 1
+
+
+def network_comparison(rows):
+    """Markdown: for every two methods with several networks each, per table column, the two-sample comparison
+    over their networks' means: the difference, Welch's t, its degrees of freedom and two-sided p, and the
+    networks per method that would settle the observed difference (networks_for_power)."""
+    columns = [c for c in rows[0] if c.startswith("success_")]
+    per_method = {m: unit_means([r for r in rows if r["inner_reward"] == m], columns)
+                  for m in dict.fromkeys(r["inner_reward"] for r in rows)
+                  if len(networks([r for r in rows if r["inner_reward"] == m])) > 1}
+    methods = list(per_method)
+    lines = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            if not lines:
+                lines = ["| comparison | column | difference | Welch t | df | p (two-sided) | networks per method "
+                         "for 80% power |", "|---" * 7 + "|"]
+            for name, s in table_spans(columns).items():
+                x, y = per_method[a][:, s].mean(1), per_method[b][:, s].mean(1)
+                test, n = welch(x, y), networks_for_power(x, y)
+                cells = ["-", "-", "-"] if test is None else [f"{test[0]:.2f}", f"{test[1]:.1f}",
+                                                                 f"{test[2]:.3f}" if test[2] >= 0.001 else "< 0.001"]
+                lines.append(f"| {a} ({len(x)}) - {b} ({len(y)}) | {name} | {x.mean() - y.mean():+.2f} | "
+                             + " | ".join(cells) + f" | {'-' if n is None else n} |")
     return lines
 
 
@@ -221,6 +303,9 @@ def main(argv=None):
         per_network = results_table(rows, per_network=True)
         if per_network:
             print("\n" + "\n".join(per_network))
+        comparison = network_comparison(rows)
+        if comparison:
+            print("\n" + "\n".join(comparison))
         if trace:
             print("\n" + "\n".join(trace_table(trace)))
         plot_results(rows, trace, args.plot_file)
