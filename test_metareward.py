@@ -1445,7 +1445,7 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
             assert (n_networks if n_networks not in ("-", "1") else n_seeds) == str(units)
             assert printed[method][3:] == [str(units * lifetimes)] + cells[2:6]
     details = open(os.path.join(HERE, "results", "door-close-v3", "README.md")).read().splitlines()
-    for network in ("intrinsic_update50", "advantage_update50"):  # each network's trace table
+    for network in ("intrinsic_seed1_update50", "advantage_seed1_update50"):  # each network's trace table
         proc = subprocess.run([sys.executable, PLOT_TOOL, os.path.join(HERE, "results", "door-close-v3", network),
                                "--plot-file", str(tmp_path / "t.png")], capture_output=True, text=True, timeout=120)
         trace = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.split(" | ")[1] in ("yes", "no")]
