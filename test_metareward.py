@@ -1417,7 +1417,7 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
     readme = open(os.path.join(HERE, "README.md")).read().splitlines()
     baselines = [("PPO shaped", "shaped"), ("PPO sparse", "sparse")]
     for heading, folders, options, labels in [
-            ("### ML1 door-close", ["door-close-v3/*"], [],
+            ("### ML1 door-close", ["door-close-v3/*"], ["--network-eval-seeds", "1"],
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
             ("### ML1 button-press", ["button-press-v3/*"], ["--network-eval-seeds", "1"],
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
@@ -1680,6 +1680,7 @@ SHIPPED = {
     ("button-press-v3", 1): ("button-press-v3_seed1_update25.pt", [0.022218, 0.009428, 0.020312, 0.013444, -0.00359]),
     ("button-press-v3", 2): ("button-press-v3_seed2_update25.pt", [0.019189, -0.029732, -0.030703, -0.077315, -0.084626]),
     ("button-press-v3", 3): ("button-press-v3_seed3_update50.pt", [0.077906, 0.007621, 0.075263, 0.06604, -0.005312]),
+    ("door-close-v3", 2): ("door-close-v3_seed2_update50.pt", [0.155091, 0.084273, 0.224321, 0.006219, 0.008894]),
 }
 SHIPPED_ADVANTAGE = {
     ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
