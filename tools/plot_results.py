@@ -3,8 +3,9 @@
 Prints the results table (markdown: one row per method, mean +- std over its networks when the folders
 hold several meta-trained networks of it, the paper's error bar; else over its evaluation seeds; else the
 standard error over lifetimes), each network's own row when a method has several, a two-sample test over the
-networks of every two methods that have several (Welch's t), the table of what the network signals per episode of its traced lifetime, and draws --plot-file: success per episode index per
-method, and the signal over one evaluation episode next to the shaped reward.
+networks of every two methods that have several (Welch's t), the table of what the network signals per
+episode of its traced lifetime, and draws --plot-file: success per episode index per method, and the signal
+over one evaluation episode next to the shaped reward.
 
     python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
     python tools/plot_results.py runs/NET_SEED1 runs/NET_SEED2 runs/NET_SEED3   # 3 networks: mean +- std over them
@@ -171,10 +172,10 @@ def t_quantile(p, df):
     return (lo + hi) / 2
 
 
-def networks_for_power(a, b, alpha=0.05, power=0.8):
-    """Networks per method that a two-sided t-test at level alpha would need to detect the observed difference
-    of a and b with the given power, if it were the true difference and the pooled std the true one: the least
-    n >= 2 with P(T > t_crit - d sqrt(n / 2)) >= power, T a t with 2 (n - 1) degrees of freedom (the shifted-t
+def networks_for_power(a, b):
+    """Networks per method that a two-sided t-test at 5% would need to detect the observed difference of a and b
+    with 80% power, if it were the true difference and the pooled std the true one: the least n >= 2 with
+    P(T > t_crit - d sqrt(n / 2)) >= 0.8, T a t with 2 (n - 1) degrees of freedom (the shifted-t
     approximation of the noncentral t; d the difference over the pooled std). None when there is no difference."""
     pooled = math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
     if np.mean(a) == np.mean(b):
@@ -182,11 +183,11 @@ def networks_for_power(a, b, alpha=0.05, power=0.8):
     if pooled == 0:
         return 2
     d = abs(np.mean(a) - np.mean(b)) / pooled
-    n = max(2, math.ceil(2 * (1.959964 + 0.841621) ** 2 / d ** 2))  # the normal approximation: a lower bound
+    n = max(2, math.ceil(2 * (1.959964 + 0.841621) ** 2 / d ** 2))  # the normal approximation (z of 5%, 80%): a lower bound
     while True:
         df = 2 * (n - 1)
-        x = t_quantile(alpha, df) - d * math.sqrt(n / 2)
-        if (1 - t_test_p(x, df) / 2 if x < 0 else t_test_p(x, df) / 2) >= power:
+        x = t_quantile(0.05, df) - d * math.sqrt(n / 2)
+        if (1 - t_test_p(x, df) / 2 if x < 0 else t_test_p(x, df) / 2) >= 0.8:
             return n
         n += 1
 
