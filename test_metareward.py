@@ -1317,7 +1317,8 @@ def test_two_sample_comparison_over_networks():
     t, df, p = pr.welch(a, b)
     assert t == pytest.approx((a.mean() - b.mean()) / np.sqrt(va + vb))
     assert df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1)) and p == pytest.approx(pr.t_test_p(t, df))
-    assert pr.welch(np.ones(2), np.zeros(3)) is None and pr.networks_for_power(np.ones(2), np.ones(2)) is None
+    assert pr.welch(np.ones(2), np.zeros(3)) is None and pr.networks_for_power(np.ones(2), np.zeros(3)) is None
+    assert pr.networks_for_power(np.ones(2), np.ones(2)) is None
     ones, zeros, half = [1] * 12, [0] * 12, [0] * 8 + [1] * 4
     rows = []  # advantage: 2 networks; intrinsic: 2; shaped: a baseline (no networks, so not compared)
     for method, network, lifetimes in (("advantage", "seed 1 update 25", [(ones, 1.0)]),
@@ -1335,6 +1336,7 @@ def test_two_sample_comparison_over_networks():
     assert lines[5] == "| advantage (2) - intrinsic (2) | deterministic | +0.25 | " + \
         " | ".join(f"{v:{f}}" for v, f in zip(pr.welch([1.0, 0.5], [0.0, 1.0]), (".2f", ".1f", ".3f"))) + \
         f" | {pr.networks_for_power(np.array([1.0, 0.5]), np.array([0.0, 1.0]))} |"
+    assert pr.network_comparison(rows[::-1]) == lines  # the folders' order does not flip the difference
     assert pr.network_comparison([r for r in rows if r["inner_reward"] != "intrinsic"]) == []
 
 
@@ -1687,6 +1689,7 @@ SHIPPED_ADVANTAGE = {
     ("button-press-v3", 1): ("button-press-v3_advantage_seed1_update25.pt", [0.125735, 0.123634, 0.143956, 0.312005, 0.217337]),
     ("button-press-v3", 2): ("button-press-v3_advantage_seed2_update50.pt", [-0.171821, -0.115986, -0.209435, -0.409178, -0.404501]),
     ("button-press-v3", 3): ("button-press-v3_advantage_seed3_update50.pt", [-0.172612, -0.487906, -0.323785, -0.489555, -0.469081]),
+    ("door-close-v3", 2): ("door-close-v3_advantage_seed2_update50.pt", [0.591458, 0.815776, 0.823608, 0.610218, 0.512912]),
 }
 
 

@@ -176,12 +176,11 @@ def networks_for_power(a, b):
     """Networks per method that a two-sided t-test at 5% would need to detect the observed difference of a and b
     with 80% power, if it were the true difference and the pooled std the true one: the least n >= 2 with
     P(T > t_crit - d sqrt(n / 2)) >= 0.8, T a t with 2 (n - 1) degrees of freedom (the shifted-t
-    approximation of the noncentral t; d the difference over the pooled std). None when there is no difference."""
+    approximation of the noncentral t; d the difference over the pooled std). None when there is no difference
+    or no spread to weigh it against (as welch gives no test then)."""
     pooled = math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
-    if np.mean(a) == np.mean(b):
+    if np.mean(a) == np.mean(b) or pooled == 0:
         return None
-    if pooled == 0:
-        return 2
     d = abs(np.mean(a) - np.mean(b)) / pooled
     n = max(2, math.ceil(2 * (1.959964 + 0.841621) ** 2 / d ** 2))  # the normal approximation (z of 5%, 80%): a lower bound
     while True:
@@ -195,12 +194,13 @@ def networks_for_power(a, b):
 def network_comparison(rows):
     """Markdown: for every two methods with several networks each, per table column, the two-sample comparison
     over their networks' means: the difference, Welch's t, its degrees of freedom and two-sided p, and the
-    networks per method that would settle the observed difference (networks_for_power)."""
+    networks per method that would settle the observed difference (networks_for_power). Methods pair in
+    alphabetical order (advantage - intrinsic), whatever the order of the folders."""
     columns = [c for c in rows[0] if c.startswith("success_")]
     per_method = {m: unit_means([r for r in rows if r["inner_reward"] == m], columns)
                   for m in dict.fromkeys(r["inner_reward"] for r in rows)
                   if len(networks([r for r in rows if r["inner_reward"] == m])) > 1}
-    methods = list(per_method)
+    methods = sorted(per_method)
     lines = []
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
