@@ -182,7 +182,7 @@ def networks_for_power(a, b):
     if np.mean(a) == np.mean(b) or pooled == 0:
         return None
     d = abs(np.mean(a) - np.mean(b)) / pooled
-    n = max(2, math.ceil(2 * (1.959964 + 0.841621) ** 2 / d ** 2))  # the normal approximation (z of 5%, 80%): a lower bound
+    n = max(2, math.ceil(2 * (1.959964 + 0.841621) ** 2 / d ** 2))  # normal approximation (z of 5%, 80%): a floor
     while True:
         df = 2 * (n - 1)
         x = t_quantile(0.05, df) - d * math.sqrt(n / 2)
