@@ -1684,6 +1684,7 @@ SHIPPED = {
     ("button-press-v3", 3): ("button-press-v3_seed3_update50.pt", [0.077906, 0.007621, 0.075263, 0.06604, -0.005312]),
     ("door-close-v3", 2): ("door-close-v3_seed2_update50.pt", [0.155091, 0.084273, 0.224321, 0.006219, 0.008894]),
     ("door-close-v3", 3): ("door-close-v3_seed3_update50.pt", [0.003657, 0.027034, -0.009099, -0.00684, -0.072168]),
+    ("reach-v3", 1): ("reach-v3_seed1_update25.pt", [0.011436, 0.021346, 0.039822, -0.025907, -0.000815]),
 }
 SHIPPED_ADVANTAGE = {
     ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
