@@ -1320,14 +1320,14 @@ def test_two_sample_comparison_over_networks():
     assert pr.welch(np.ones(2), np.zeros(3)) is None and pr.networks_for_power(np.ones(2), np.zeros(3)) is None
     assert pr.networks_for_power(np.ones(2), np.ones(2)) is None
     ones, zeros, half = [1] * 12, [0] * 12, [0] * 8 + [1] * 4
-    rows = []  # advantage: 2 networks; intrinsic: 2; shaped: a baseline (no networks, so not compared)
+    rows = []  # advantage: 2 networks; intrinsic: 2; shaped: a baseline of 2 seeds, its units
     for method, network, lifetimes in (("advantage", "seed 1 update 25", [(ones, 1.0)]),
                                        ("advantage", "seed 2 update 50", [(half, 1.0), (ones, 0.0)]),
                                        ("intrinsic", "seed 1 update 25", [(zeros, 0.0)]),
                                        ("intrinsic", "seed 2 update 25", [(half, 1.0)])):
         rows += [{**r, "network": network} for r in fake_eval_rows(method, {1: lifetimes})]
     rows += fake_eval_rows("shaped", {1: [(zeros, 0.0)], 2: [(half, 0.0)]})
-    lines = pr.network_comparison(rows)
+    lines = pr.network_comparison(rows, baselines=())
     assert len(lines) == 2 + 4 and all(line.startswith("| advantage (2) - intrinsic (2) | ") for line in lines[2:])
     x, y = np.array([1.0, 0.5]), np.array([0.0, 0.0])  # episodes 1-4 per network: no variance in intrinsic
     t, df, p = pr.welch(x, y)
@@ -1336,8 +1336,19 @@ def test_two_sample_comparison_over_networks():
     assert lines[5] == "| advantage (2) - intrinsic (2) | deterministic | +0.25 | " + \
         " | ".join(f"{v:{f}}" for v, f in zip(pr.welch([1.0, 0.5], [0.0, 1.0]), (".2f", ".1f", ".3f"))) + \
         f" | {pr.networks_for_power(np.array([1.0, 0.5]), np.array([0.0, 1.0]))} |"
-    assert pr.network_comparison(rows[::-1]) == lines  # the folders' order does not flip the difference
-    assert pr.network_comparison([r for r in rows if r["inner_reward"] != "intrinsic"]) == []
+    assert pr.network_comparison(rows[::-1], baselines=()) == lines  # the folders' order does not flip the difference
+    both = pr.network_comparison(rows)  # by default each method is also tested against PPO shaped's seeds
+    assert both[:6] == lines and [line.split(" | ")[0] for line in both[6::4]] == \
+        ["| advantage (2) - shaped (2)", "| intrinsic (2) - shaped (2)"] and len(both) == 2 + 3 * 4
+    x, y = np.array([1.0, 1.0]), np.array([0.0, 1.0])  # episodes 9-12: per advantage network, per shaped seed
+    t, df, p = pr.welch(x, y)
+    assert (t, df) == pytest.approx((1.0, 1.0))  # all the variance in the baseline's: t = 0.5 / sqrt(0.5 / 2)
+    assert both[8] == (f"| advantage (2) - shaped (2) | eps 9-12 | +0.50 | {t:.2f} | {df:.1f} | {p:.3f} | "
+                       f"{pr.networks_for_power(x, y)} |")
+    assert pr.network_comparison(rows, baselines=("sparse",)) == lines  # no such baseline: nothing added
+    assert pr.network_comparison([r for r in rows if r["inner_reward"] != "intrinsic"], baselines=()) == []
+    one_seed = [r for r in rows if r["inner_reward"] != "intrinsic" and str(r["seed"]) != "2"]
+    assert pr.network_comparison(one_seed) == []  # a baseline of one seed has no spread over its units
 
 
 def test_plot_takes_each_seed_of_a_method_from_one_file(tmp_path):

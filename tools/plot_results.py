@@ -2,10 +2,11 @@
 
 Prints the results table (markdown: one row per method, mean +- std over its networks when the folders
 hold several meta-trained networks of it, the paper's error bar; else over its evaluation seeds; else the
-standard error over lifetimes), each network's own row when a method has several, a two-sample test over the
-networks of every two methods that have several (Welch's t), the table of what the network signals per
-episode of its traced lifetime, and draws --plot-file: success per episode index per method, and the signal
-over one evaluation episode next to the shaped reward.
+standard error over lifetimes), each network's own row when a method has several, a two-sample test (Welch's
+t) over the networks of every two methods that have several and of each such method against PPO shaped's
+seeds (--compare-with), the table of what the network signals per episode of its traced lifetime, and draws
+--plot-file: success per episode index per method, and the signal over one evaluation episode next to the
+shaped reward.
 
     python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
     python tools/plot_results.py runs/NET_SEED1 runs/NET_SEED2 runs/NET_SEED3   # 3 networks: mean +- std over them
@@ -191,29 +192,28 @@ def networks_for_power(a, b):
         n += 1
 
 
-def network_comparison(rows):
-    """Markdown: for every two methods with several networks each, per table column, the two-sample comparison
-    over their networks' means: the difference, Welch's t, its degrees of freedom and two-sided p, and the
-    networks per method that would settle the observed difference (networks_for_power). Methods pair in
-    alphabetical order (advantage - intrinsic), whatever the order of the folders."""
+def network_comparison(rows, baselines=("shaped",)):
+    """Markdown: per table column, the two-sample comparison of every two methods with several networks each
+    (over their networks' means), and of every such method with each of `baselines` that has several evaluation
+    seeds (over the baseline's seeds' means: its seeds are its units, as the networks are the method's): the
+    difference, Welch's t, its degrees of freedom and two-sided p, and the units per group that would settle the
+    observed difference (networks_for_power). Methods pair in alphabetical order (advantage - intrinsic), then
+    each with the baselines in their given order, whatever the order of the folders."""
     columns = [c for c in rows[0] if c.startswith("success_")]
-    per_method = {m: unit_means([r for r in rows if r["inner_reward"] == m], columns)
-                  for m in dict.fromkeys(r["inner_reward"] for r in rows)
-                  if len(networks([r for r in rows if r["inner_reward"] == m])) > 1}
-    methods = sorted(per_method)
-    lines = []
-    for i, a in enumerate(methods):
-        for b in methods[i + 1:]:
-            if not lines:
-                lines = ["| comparison | column | difference | Welch t | df | p (two-sided) | networks per method "
-                         "for 80% power |", "|---" * 7 + "|"]
-            for name, s in table_spans(columns).items():
-                x, y = per_method[a][:, s].mean(1), per_method[b][:, s].mean(1)
-                test, n = welch(x, y), networks_for_power(x, y)
-                cells = ["-", "-", "-"] if test is None else [f"{test[0]:.2f}", f"{test[1]:.1f}",
-                                                                 f"{test[2]:.3f}" if test[2] >= 0.001 else "< 0.001"]
-                lines.append(f"| {a} ({len(x)}) - {b} ({len(y)}) | {name} | {x.mean() - y.mean():+.2f} | "
-                             + " | ".join(cells) + f" | {'-' if n is None else n} |")
+    of = {m: [r for r in rows if r["inner_reward"] == m] for m in dict.fromkeys(r["inner_reward"] for r in rows)}
+    meta = sorted(m for m, r in of.items() if len(networks(r)) > 1)
+    base = [m for m in baselines if m in of and networks(of[m]) == [""] and len(unit_means(of[m], columns)) > 1]
+    pairs = [(a, b) for i, a in enumerate(meta) for b in meta[i + 1:]] + [(a, b) for a in meta for b in base]
+    lines = ["| comparison | column | difference | Welch t | df | p (two-sided) | networks (or seeds) per group "
+             "for 80% power |", "|---" * 7 + "|"] if pairs else []
+    for a, b in pairs:
+        for name, s in table_spans(columns).items():
+            x, y = unit_means(of[a], columns)[:, s].mean(1), unit_means(of[b], columns)[:, s].mean(1)
+            test, n = welch(x, y), networks_for_power(x, y)
+            cells = ["-", "-", "-"] if test is None else [f"{test[0]:.2f}", f"{test[1]:.1f}",
+                                                             f"{test[2]:.3f}" if test[2] >= 0.001 else "< 0.001"]
+            lines.append(f"| {a} ({len(x)}) - {b} ({len(y)}) | {name} | {x.mean() - y.mean():+.2f} | "
+                         + " | ".join(cells) + f" | {'-' if n is None else n} |")
     return lines
 
 
@@ -290,6 +290,9 @@ def main(argv=None):
     parser.add_argument("--network-eval-seeds", nargs="+", metavar="SEED",
                         help="use only these evaluation seeds of the meta-learned networks (the baselines keep all "
                              "theirs): the same seeds for every network")
+    parser.add_argument("--compare-with", nargs="*", default=["shaped"], metavar="BASELINE",
+                        help="baselines (eval.csv's inner_reward) each meta-learned method is tested against, over "
+                             "the baseline's evaluation seeds; none: only the methods against each other")
     args = parser.parse_args(argv)
     try:
         rows, trace = load_results(args.runs)
@@ -304,7 +307,7 @@ def main(argv=None):
         per_network = results_table(rows, per_network=True)
         if per_network:
             print("\n" + "\n".join(per_network))
-        comparison = network_comparison(rows)
+        comparison = network_comparison(rows, args.compare_with)
         if comparison:
             print("\n" + "\n".join(comparison))
         if trace:
