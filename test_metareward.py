@@ -1704,6 +1704,7 @@ SHIPPED_ADVANTAGE = {
     ("button-press-v3", 3): ("button-press-v3_advantage_seed3_update50.pt", [-0.172612, -0.487906, -0.323785, -0.489555, -0.469081]),
     ("door-close-v3", 2): ("door-close-v3_advantage_seed2_update50.pt", [0.591458, 0.815776, 0.823608, 0.610218, 0.512912]),
     ("door-close-v3", 3): ("door-close-v3_advantage_seed3_update25.pt", [0.04881, 0.0522, 0.013848, 0.065269, -0.025267]),
+    ("reach-v3", 1): ("reach-v3_advantage_seed1_update50.pt", [0.206084, 0.292497, 0.282998, 0.745714, 0.483643]),
 }
 
 
