@@ -1434,7 +1434,8 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
             ("### ML1 button-press", ["button-press-v3/*"], ["--network-eval-seeds", "1"],
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
-            ("### ML1 reach", ["reach-v3/*"], [], baselines),
+            ("### ML1 reach", ["reach-v3/*"], ["--network-eval-seeds", "1"],  # 2 intrinsic networks so far
+             [("intrinsic rewards", "intrinsic"), *baselines]),
             ("## Teaching: meta-learning from scratch in 20 minutes",  # the 3 teaching networks, the baselines
              ["door-close-v3_teaching/*", "door-close-v3/ppo_*"], [], [("intrinsic rewards", "intrinsic"),
                                                                        *baselines])]:
@@ -1696,6 +1697,7 @@ SHIPPED = {
     ("door-close-v3", 2): ("door-close-v3_seed2_update50.pt", [0.155091, 0.084273, 0.224321, 0.006219, 0.008894]),
     ("door-close-v3", 3): ("door-close-v3_seed3_update50.pt", [0.003657, 0.027034, -0.009099, -0.00684, -0.072168]),
     ("reach-v3", 1): ("reach-v3_seed1_update25.pt", [0.011436, 0.021346, 0.039822, -0.025907, -0.000815]),
+    ("reach-v3", 2): ("reach-v3_seed2_update25.pt", [0.004948, -0.036125, -0.039549, -0.068053, -0.090092]),
 }
 SHIPPED_ADVANTAGE = {
     ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
