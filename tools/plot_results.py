@@ -204,11 +204,12 @@ def network_comparison(rows, baselines=("shaped",)):
     meta = sorted(m for m, r in of.items() if len(networks(r)) > 1)
     base = [m for m in baselines if m in of and networks(of[m]) == [""] and len(unit_means(of[m], columns)) > 1]
     pairs = [(a, b) for i, a in enumerate(meta) for b in meta[i + 1:]] + [(a, b) for a in meta for b in base]
+    units = {m: unit_means(of[m], columns) for m in meta + base}  # (networks or seeds, columns)
     lines = ["| comparison | column | difference | Welch t | df | p (two-sided) | networks (or seeds) per group "
              "for 80% power |", "|---" * 7 + "|"] if pairs else []
     for a, b in pairs:
         for name, s in table_spans(columns).items():
-            x, y = unit_means(of[a], columns)[:, s].mean(1), unit_means(of[b], columns)[:, s].mean(1)
+            x, y = units[a][:, s].mean(1), units[b][:, s].mean(1)
             test, n = welch(x, y), networks_for_power(x, y)
             cells = ["-", "-", "-"] if test is None else [f"{test[0]:.2f}", f"{test[1]:.1f}",
                                                              f"{test[2]:.3f}" if test[2] >= 0.001 else "< 0.001"]
