@@ -1698,6 +1698,7 @@ SHIPPED = {
     ("door-close-v3", 3): ("door-close-v3_seed3_update50.pt", [0.003657, 0.027034, -0.009099, -0.00684, -0.072168]),
     ("reach-v3", 1): ("reach-v3_seed1_update25.pt", [0.011436, 0.021346, 0.039822, -0.025907, -0.000815]),
     ("reach-v3", 2): ("reach-v3_seed2_update25.pt", [0.004948, -0.036125, -0.039549, -0.068053, -0.090092]),
+    ("reach-v3", 3): ("reach-v3_seed3_update25.pt", [0.06663, 0.075934, 0.124373, 0.025772, 0.041971]),
 }
 SHIPPED_ADVANTAGE = {
     ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
