@@ -1434,7 +1434,7 @@ def test_plot_tool_gives_the_readme_results(tmp_path):
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
             ("### ML1 button-press", ["button-press-v3/*"], ["--network-eval-seeds", "1"],
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
-            ("### ML1 reach", ["reach-v3/*"], ["--network-eval-seeds", "1"],  # 2 networks per method so far
+            ("### ML1 reach", ["reach-v3/*"], ["--network-eval-seeds", "1"],  # 3 intrinsic, 2 advantage networks so far
              [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
             ("## Teaching: meta-learning from scratch in 20 minutes",  # the 3 teaching networks, the baselines
              ["door-close-v3_teaching/*", "door-close-v3/ppo_*"], [], [("intrinsic rewards", "intrinsic"),
