@@ -1686,6 +1686,102 @@ def test_an_error_in_a_worker_process_stops_the_run_with_one_line(m, tmp_path, m
     assert time.perf_counter() - start < 60  # not the busy worker's 120 s
 
 
+# Golden runs: a tiny meta-training pinned, so that moving code around changes no number --------------------
+def golden_numbers(m, tmp_path):
+    """A tiny run of script m (2 updates, validated at each, 2 workers, then its evaluation): progress.csv but its
+    timing columns, each weight tensor's sum and sum of squares, eval.csv's mean per success column, rounded."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        run_dir = os.path.join(tmp_path, m.main(tiny_args(m, num_workers=2, exp_name="golden")))
+    progress = [{k: round(float(v), 6) for k, v in row.items()}
+                for row in untimed(read_csv(os.path.join(run_dir, "progress.csv")))]
+    weights = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["meta_net"]
+    weights = {k: [round(v.double().sum().item(), 6), round(v.double().pow(2).sum().item(), 6)]
+               for k, v in weights.items()}
+    rows = read_csv(os.path.join(run_dir, "eval.csv"))
+    evaluation = {c: round(float(np.mean([float(r[c]) for r in rows])), 6) for c in rows[0] if c.startswith("success")}
+    return dict(progress=progress, weights=weights, evaluation=evaluation)
+
+
+GOLDEN = {  # m.SCRIPT -> golden_numbers(m), pinned before the restructure of issue 41 (see the test below)
+    "metareward": dict(
+        progress=[
+            {"update": 1.0, "global_step": 180.0, "charts/success_ep01": 0.0, "charts/success_ep02": 0.0,
+             "charts/success_ep03": 0.0, "charts/success_ep04": 0.0, "charts/success_ep05": 0.0,
+             "charts/success_ep06": 0.0, "charts/shaped_return": 0.163148, "charts/meta_action_mean": -0.010913,
+             "charts/meta_action_std": 0.202847, "losses/explained_variance": -0.358232,
+             "losses/policy_loss": 0.02751, "losses/value_loss": 3.4e-05, "losses/entropy": -0.191045,
+             "losses/old_approx_kl": 7.5e-05, "losses/approx_kl": 3e-06, "losses/clipfrac": 0.0, "losses/epochs": 2.0,
+             "val/success_last4": 0.0, "val/success_det": 0.0},
+            {"update": 2.0, "global_step": 360.0, "charts/success_ep01": 0.0, "charts/success_ep02": 0.0,
+             "charts/success_ep03": 0.0, "charts/success_ep04": 0.0, "charts/success_ep05": 0.0,
+             "charts/success_ep06": 0.0, "charts/shaped_return": 0.16343, "charts/meta_action_mean": -0.018718,
+             "charts/meta_action_std": 0.208986, "losses/explained_variance": -1.614424,
+             "losses/policy_loss": -0.017322, "losses/value_loss": 2.4e-05, "losses/entropy": -0.19134,
+             "losses/old_approx_kl": 0.000315, "losses/approx_kl": 4e-06, "losses/clipfrac": 0.0,
+             "losses/epochs": 2.0, "val/success_last4": 0.0, "val/success_det": 0.0},
+        ],
+        weights={"fc1.weight": [-4.703607, 93.99745], "fc1.bias": [-0.001204, 5e-06],
+                 "fc2.weight": [-4.581788, 55.999506], "fc2.bias": [-0.000622, 1e-06],
+                 "lstm.weight_ih_l0": [3.941095, 31.998518], "lstm.weight_hh_l0": [-2.218932, 128.00081],
+                 "lstm.bias_ih_l0": [-0.003001, 5e-06], "lstm.bias_hh_l0": [-0.003001, 5e-06],
+                 "mean_head.0.weight": [1.919593, 255.996656], "mean_head.0.bias": [-0.000523, 1e-06],
+                 "mean_head.2.weight": [17.716888, 255.998879], "mean_head.2.bias": [0.001807, 1e-06],
+                 "mean_head.4.weight": [0.021802, 0.000105], "mean_head.4.bias": [2.2e-05, 0.0],
+                 "logstd_head.0.weight": [21.807237, 256.001187], "logstd_head.0.bias": [0.002396, 2e-06],
+                 "logstd_head.2.weight": [-0.013626, 0.000107], "logstd_head.2.bias": [-0.000152, 0.0],
+                 "critic.0.weight": [-2.249563, 255.997606], "critic.0.bias": [-0.000818, 2e-05],
+                 "critic.2.weight": [-0.289753, 0.99921], "critic.2.bias": [-0.00023, 0.0]},
+        evaluation={"success_ep01": 0.0, "success_ep02": 0.0, "success_ep03": 0.0, "success_ep04": 0.0,
+                    "success_ep05": 0.0, "success_ep06": 0.0, "success_det": 0.0}),
+    "metareward_advantage": dict(
+        progress=[
+            {"update": 1.0, "global_step": 180.0, "charts/success_ep01": 0.0, "charts/success_ep02": 0.0,
+             "charts/success_ep03": 0.0, "charts/success_ep04": 0.0, "charts/success_ep05": 0.0,
+             "charts/success_ep06": 0.0, "charts/shaped_return": 0.175365, "charts/meta_action_mean": -0.075898,
+             "charts/meta_action_std": 1.038321, "losses/explained_variance": -2.265354,
+             "losses/policy_loss": -0.095118, "losses/value_loss": 8.4e-05, "losses/entropy": 1.418526,
+             "losses/old_approx_kl": 0.000165, "losses/approx_kl": 1e-06, "losses/clipfrac": 0.0,
+             "losses/epochs": 2.0, "val/success_last4": 0.0, "val/success_det": 0.0},
+            {"update": 2.0, "global_step": 360.0, "charts/success_ep01": 0.0, "charts/success_ep02": 0.0,
+             "charts/success_ep03": 0.0, "charts/success_ep04": 0.0, "charts/success_ep05": 0.0,
+             "charts/success_ep06": 0.0, "charts/shaped_return": 0.164246, "charts/meta_action_mean": -0.142541,
+             "charts/meta_action_std": 1.004097, "losses/explained_variance": -2.974145,
+             "losses/policy_loss": 0.035614, "losses/value_loss": 3.9e-05, "losses/entropy": 1.418368,
+             "losses/old_approx_kl": -6e-06, "losses/approx_kl": 0.0, "losses/clipfrac": 0.0, "losses/epochs": 2.0,
+             "val/success_last4": 0.0, "val/success_det": 0.0},
+        ],
+        weights={"fc1.weight": [-4.702021, 93.999712], "fc1.bias": [-0.001946, 4e-06],
+                 "fc2.weight": [-4.509767, 55.99862], "fc2.bias": [0.000594, 1e-06],
+                 "lstm.weight_ih_l0": [3.903893, 31.999849], "lstm.weight_hh_l0": [-2.221804, 128.001341],
+                 "lstm.bias_ih_l0": [-0.004282, 9e-06], "lstm.bias_hh_l0": [-0.004282, 9e-06],
+                 "mean_head.0.weight": [1.921766, 255.997795], "mean_head.0.bias": [0.000184, 1e-06],
+                 "mean_head.2.weight": [17.718365, 255.998163], "mean_head.2.bias": [0.000688, 1e-06],
+                 "mean_head.4.weight": [0.019635, 0.000101], "mean_head.4.bias": [5.7e-05, 0.0],
+                 "logstd_head.0.weight": [21.819535, 256.000303], "logstd_head.0.bias": [0.003067, 3e-06],
+                 "logstd_head.2.weight": [-0.013259, 0.000104], "logstd_head.2.bias": [-0.000177, 0.0],
+                 "critic.0.weight": [-2.255234, 255.99666], "critic.0.bias": [-0.000462, 1.1e-05],
+                 "critic.2.weight": [-0.29457, 0.998793], "critic.2.bias": [-0.000196, 0.0]},
+        evaluation={"success_ep01": 0.0, "success_ep02": 0.0, "success_ep03": 0.0, "success_ep04": 0.0,
+                    "success_ep05": 0.0, "success_ep06": 0.0, "success_det": 0.0}),
+}
+
+
+@both
+def test_golden_run_is_unchanged(m, tmp_path):
+    """The whole method end to end on a tiny run: every logged number, the final weights and the evaluation as
+    pinned (to 1e-5; the shipped networks' tolerance). A change of the method moves them: re-pin, and say why."""
+    got, pinned = golden_numbers(m, tmp_path), GOLDEN[m.SCRIPT]
+    assert len(got["progress"]) == len(pinned["progress"]) == 2
+    for row, pinned_row in zip(got["progress"], pinned["progress"]):
+        assert row.keys() == pinned_row.keys()
+        assert row == pytest.approx(pinned_row, abs=1e-5, nan_ok=True)
+    assert got["weights"].keys() == pinned["weights"].keys()
+    for k, pinned_value in pinned["weights"].items():
+        assert got["weights"][k] == pytest.approx(pinned_value, abs=1e-5), k
+    assert got["evaluation"] == pytest.approx(pinned["evaluation"], abs=1e-5)
+
+
 # The shipped networks (checkpoints/) ----------------------------------------------------------------
 # Per (task, meta-training seed), the network file and its mean output at steps 0, 5, 10, 12 (the success step), 19 of
 # fixed_meta_input() when it shipped.
