@@ -9,6 +9,8 @@ import importlib.util
 import math
 import os
 import pickle
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -108,7 +110,7 @@ def tiny_rollout(ml1, request):
     tasks = m.sample_tasks(ml1.train_classes, ml1.train_tasks, args.lifetimes_per_update, np.random.default_rng(0))
     meta_net = m.MetaNet(args.meta_std_scale)
     batch = m.run_lifetimes(m.EnvGroup(ml1.train_classes, args.max_episode_steps), tasks, train_keys(m, 3), meta_net,
-                            args, m.Timer())
+                            args)
     return m, args, meta_net, batch
 
 
@@ -158,7 +160,7 @@ class FakeEnvs:
     """Stands in for EnvGroup with random observations and frequent successes."""
 
     def __init__(self, n, seed):
-        self.n, self.rng = n, np.random.default_rng(seed)
+        self.n, self.rng, self.seconds = n, np.random.default_rng(seed), 0.0
 
     def set_tasks(self, tasks):
         self.n = len(tasks)
@@ -175,7 +177,7 @@ def fake_rollout(request):
     m = request.param
     args = tiny_args(m, lifetimes_per_update=4)
     torch.manual_seed(0)
-    batch = m.run_lifetimes(FakeEnvs(4, 0), [None] * 4, train_keys(m, 4), m.MetaNet(), args, m.Timer())
+    batch = m.run_lifetimes(FakeEnvs(4, 0), [None] * 4, train_keys(m, 4), m.MetaNet(), args)
     return args, batch
 
 
@@ -257,7 +259,7 @@ def test_network_input_is_the_papers_tuple_on_real_lifetimes(m, ml1, monkeypatch
     torch.manual_seed(0)
     torch.set_num_threads(1)  # as in every process that lives lifetimes (Lifetimes.run, lifetime_worker)
     try:
-        record = m.run_lifetimes(envs, tasks, train_keys(m, 2), m.MetaNet(args.meta_std_scale), args, m.Timer())
+        record = m.run_lifetimes(envs, tasks, train_keys(m, 2), m.MetaNet(args.meta_std_scale), args)
     finally:
         torch.set_num_threads(m.UPDATE_THREADS)
     thetas.append(live[0])  # the last block's: after the last inner update
@@ -383,7 +385,7 @@ def replay(meta_net, batch, tbptt_len, offset, zero_prev_reward_at_chunk_start=F
             if zero_prev_reward_at_chunk_start:  # the authors' fault (README: deviations)
                 x[:, a, -1] = 0.0
             mean, std, value, state = meta_net(x[:, a:b], state)
-            state = tuple(h.detach() for h in state)
+            state = meta_net.detach_state(state)
             logps.append(torch.distributions.Normal(mean, std).log_prob(r[:, a:b]))
             values.append(value)
             means.append(mean)
@@ -789,7 +791,7 @@ def test_advantage_variant_inner_ppo_uses_the_networks_advantages(monkeypatch):
     real = ma.inner_ppo_update
     monkeypatch.setattr(ma, "inner_ppo_update", lambda ag, opt, o, a, lp, adv, *r: seen.append(adv.clone())
                         or real(ag, opt, o, a, lp, adv, *r))
-    batch = ma.run_lifetimes(FakeEnvs(3, 1), [None] * 3, train_keys(ma, 3), ma.MetaNet(), tiny_args(ma), ma.Timer())
+    batch = ma.run_lifetimes(FakeEnvs(3, 1), [None] * 3, train_keys(ma, 3), ma.MetaNet(), tiny_args(ma))
     assert len(seen) == 2
     for i, adv in enumerate(seen):
         assert torch.equal(adv, batch["meta_actions"][:, i * 20:(i + 1) * 20])
@@ -834,7 +836,7 @@ def test_end_to_end_tiny_run(m, tmp_path, monkeypatch, capsys):
     # the same rows as TensorBoard scalars in the run folder: the CSV's tags, over global_step
     events = tensorboard_scalars(run_dir)
     assert set(events) == {k for k in rows[0] if "/" in k}
-    for tag in ("charts/SPS", "charts/success_ep06", "losses/value_loss", "time/outer_ppo", "val/success_det"):
+    for tag in ("charts/SPS", "charts/success_ep06", "losses/value_loss", "time/outer", "val/success_det"):
         assert [s.step for s in events[tag]] == [int(r["global_step"]) for r in rows]
         assert [s.value for s in events[tag]] == pytest.approx([float(r[tag]) for r in rows], rel=1e-6)
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
@@ -871,7 +873,7 @@ def test_a_lifetime_alone_equals_the_same_lifetime_in_a_batch(m, ml1, evaluation
     torch.manual_seed(0)
     net = m.MetaNet(args.meta_std_scale)
     run = lambda idx: m.run_lifetimes(m.EnvGroup(ml1.train_classes, args.max_episode_steps), [tasks[i] for i in idx],
-                                      [keys[i] for i in idx], net, args, m.Timer(), evaluation)
+                                      [keys[i] for i in idx], net, args, evaluation)
     torch.set_num_threads(1)  # as in every process that lives lifetimes (Lifetimes.run, lifetime_worker)
     try:
         batch, alone, other = run([0, 1, 2]), [run([0]), run([2])], run([2, 1, 0])
@@ -926,11 +928,11 @@ def spied_run(request, tmp_path_factory):
         seen["phase"] = "evaluation"
         return real["run_evaluation"](*a, **kw)
 
-    def run_lifetimes(envs, tasks, keys, net, args, timer, evaluation=False, *a):
+    def run_lifetimes(envs, tasks, keys, net, args, evaluation=False, *a):
         phase = "validation" if evaluation and seen["phase"] == "meta-training" else seen["phase"]
         call = dict(phase="training" if not evaluation else phase, keys=list(keys), net=copy.deepcopy(net), perms=[])
         seen["lifetimes"].append(call)
-        call["record"] = real["run_lifetimes"](envs, tasks, keys, net, args, timer, evaluation, *a)
+        call["record"] = real["run_lifetimes"](envs, tasks, keys, net, args, evaluation, *a)
         return call["record"]
 
     def InnerAgents(*a):
@@ -1176,7 +1178,7 @@ def test_inner_ppo_learns_from_the_chosen_reward(mode, monkeypatch):
     real_gae = mr.gae
     monkeypatch.setattr(mr, "gae", lambda r, *a: seen.append(r.clone()) or real_gae(r, *a))
     args = tiny_args(inner_reward=mode)
-    batch = mr.run_lifetimes(FakeEnvs(3, 1), [None] * 3, train_keys(mr, 3), mr.MetaNet(), args, mr.Timer())
+    batch = mr.run_lifetimes(FakeEnvs(3, 1), [None] * 3, train_keys(mr, 3), mr.MetaNet(), args)
     source = {"intrinsic": batch["meta_actions"], "sparse": batch["sparse"], "shaped": batch["shaped"]}[mode]
     assert len(seen) == 2  # two inner updates per lifetime
     for i, r in enumerate(seen):
@@ -1424,46 +1426,154 @@ def test_train_then_evaluate_then_evaluate_the_saved_network(m, tmp_path, monkey
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_plot_tool_gives_the_readme_results(tmp_path):
-    """Each README results table is what tools/plot_results.py prints from the results folders of its task, and
-    each trace table of results/door-close-v3/README.md what it prints from that network's folder."""
-    readme = open(os.path.join(HERE, "README.md")).read().splitlines()
-    baselines = [("PPO shaped", "shaped"), ("PPO sparse", "sparse")]
-    for heading, folders, options, labels in [
-            ("### ML1 door-close", ["door-close-v3/*"], ["--network-eval-seeds", "1"],
-             [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
-            ("### ML1 button-press", ["button-press-v3/*"], ["--network-eval-seeds", "1"],
-             [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
-            ("### ML1 reach", ["reach-v3/*"], ["--network-eval-seeds", "1"],  # 3 intrinsic, 3 advantage networks
-             [("intrinsic rewards", "intrinsic"), ("meta-learned advantage", "advantage"), *baselines]),
-            ("## Teaching: meta-learning from scratch in 20 minutes",  # the 3 teaching networks, the baselines
-             ["door-close-v3_teaching/*", "door-close-v3/ppo_*"], [], [("intrinsic rewards", "intrinsic"),
-                                                                       *baselines])]:
-        runs = sorted(run for f in folders for run in glob.glob(os.path.join(HERE, "results", f, "")))
-        proc = subprocess.run([sys.executable, PLOT_TOOL, *runs, *options, "--plot-file", str(tmp_path / "r.png")],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0 and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
-        printed = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in proc.stdout.splitlines()}
-        start = readme.index(heading)  # the section, up to the next heading
-        section = readme[start + 1:next(i for i in range(start + 1, len(readme)) if readme[i].startswith("#"))]
-        per_network = [key for key in printed if ", seed " in key and " update " in key]  # the tool's network rows
-        # ... and the README gives each of them, labelled as the tool prints it
-        assert len([line for line in section if line.split(" | ")[0].split(" (")[0][2:] in per_network]) == len(per_network)
-        comparison = [line for line in proc.stdout.splitlines() if line.split(" | ")[0].endswith(")") and " - " in line]
-        assert all(line in section for line in comparison)  # the two-sample comparison, line for line
-        for label, method in labels + [(key, key) for key in per_network]:
-            line = next(line for line in section if line.startswith(f"| {label} "))
-            cells = line.replace("**", "").strip("| ").split(" | ")
-            units, lifetimes = map(int, cells[1].split(" x "))  # networks or seeds x lifetimes of each
-            n_networks, n_seeds = printed[method][1:3]
-            assert (n_networks if n_networks not in ("-", "1") else n_seeds) == str(units)
-            assert printed[method][3:] == [str(units * lifetimes)] + cells[2:6]
-    details = open(os.path.join(HERE, "results", "door-close-v3", "README.md")).read().splitlines()
-    for network in ("intrinsic_seed1_update50", "advantage_seed1_update50"):  # each network's trace table
-        proc = subprocess.run([sys.executable, PLOT_TOOL, os.path.join(HERE, "results", "door-close-v3", network),
-                               "--plot-file", str(tmp_path / "t.png")], capture_output=True, text=True, timeout=120)
-        trace = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.split(" | ")[1] in ("yes", "no")]
-        assert len(trace) == 12 and all(line in details for line in trace)
+NES1 = ["--network-eval-seeds", "1"]
+DC_RUNS = [f"checkpoints/door-close-v3{kind}_seed{s}" for kind in ("", "_advantage") for s in (1, 2, 3)]
+PAPER_RUNS = [f"checkpoints/{task}_seed{s}" for task in ("door-close-v3", "button-press-v3", "reach-v3") for s in (1, 2, 3)]
+# Every results table of the README and of results/*/README.md, by (page, section heading): the arguments of
+# tools/plot_results.py (folder patterns under results/, options) and of tools/plot_curves.py (run folders, options)
+# that print it, and what the section must show of what they print: each method's row ("methods"), each network's
+# ("networks"), the two-sample tests ("comparison"), the trace table ("trace"), a training-curve table ("curves").
+RESULTS_SECTIONS = [
+    ("README.md", "### ML1 door-close", (["door-close-v3/*/"], NES1), None, "methods"),
+    ("README.md", "### ML1 button-press", (["button-press-v3/*/"], NES1), None, "methods"),
+    ("README.md", "### ML1 reach", (["reach-v3/*/"], NES1), None, "methods"),
+    ("results/door-close-v3/README.md", "## The networks, three per method", (["door-close-v3/*/"], NES1),
+     (DC_RUNS, ["--labels", *[f"{m} {s}" for m in ("intrinsic", "advantage") for s in (1, 2, 3)]]),
+     "methods networks comparison curves"),
+    ("results/door-close-v3/README.md", "## The baselines and the seed-1 networks",
+     (["door-close-v3/intrinsic_seed1_update50/", "door-close-v3/advantage_seed1_update50/", "door-close-v3/ppo_*/"],
+      []), None, "methods trace"),
+    ("results/door-close-v3/README.md", "## The advantage network beside the intrinsic one",
+     (["door-close-v3/advantage_seed1_update50/"], []), None, "trace"),
+    ("results/button-press-v3/README.md", "## The networks, three per method", (["button-press-v3/*/"], NES1), None,
+     "methods networks comparison"),
+    ("results/button-press-v3/README.md", "## The baselines", (["button-press-v3/ppo_*/"], []), None, "methods"),
+    ("results/button-press-v3/README.md", "## The seed-1 runs: the comparison, the curves and the drift",
+     (["button-press-v3/*_seed1_update25*/", "button-press-v3/ppo_*/"], []),
+     (["checkpoints/button-press-v3_seed1", "checkpoints/button-press-v3_advantage_seed1"],
+      ["--labels", "intrinsic", "advantage"]), "methods curves"),
+    ("results/button-press-v3_update100/README.md", "## The intrinsic-reward run's network at update 100",
+     (["button-press-v3_update100/intrinsic_update100/", "button-press-v3/intrinsic_seed1_update25/"], []), None,
+     "networks"),
+    ("results/button-press-v3_update100/README.md", "## The advantage run's network at update 150",
+     (["button-press-v3_update100/advantage_update150/", "button-press-v3/advantage_seed1_update25/"], []), None,
+     "networks"),
+    ("results/reach-v3/README.md", "## The baselines", (["reach-v3/ppo_*/"], []), None, "methods"),
+    ("results/reach-v3/README.md", "## The networks, three per method", (["reach-v3/*/"], NES1), None,
+     "methods networks comparison"),
+    ("results/reach-v3/README.md", "### What the intrinsic networks reward", (["reach-v3/intrinsic_seed1_update25/"], []),
+     None, "trace"),
+    ("results/reach-v3/README.md", "### What the advantage networks signal", (["reach-v3/advantage_seed1_update50/"], []),
+     None, "trace"),
+    ("results/door-close-v3_teaching/README.md", "## The three networks against the baselines",
+     (["door-close-v3_teaching/*/", "door-close-v3/ppo_*/"], []), None, "methods networks comparison"),
+    ("results/door-close-v3_teaching/README.md", "## The three runs", None,
+     ([f"results/door-close-v3_teaching/seed{s}" for s in (1, 2, 3)], []), "curves"),
+    ("results/door-close-v3_teaching/README.md", "## Why door-close, and what did not work", None,
+     (PAPER_RUNS, ["--labels", *[f"{t} {s}" for t in ("door-close", "button-press", "reach") for s in (1, 2, 3)]]),
+     "curves"),
+]
+METHOD_LABELS = {"intrinsic rewards": "intrinsic", "meta-learned advantage": "advantage", "PPO shaped": "shaped",
+                 "PPO sparse": "sparse"}  # a page's label -> the tool's; a network's row: "intrinsic, seed S update U"
+
+
+def markdown_sections(page):
+    """{heading line: the lines up to the next heading} of a markdown page, code blocks left out."""
+    sections, heading, fenced = {}, None, False
+    for line in open(os.path.join(HERE, page)).read().splitlines():
+        fenced ^= line.startswith("```")
+        if line.startswith("#") and not fenced:
+            heading = line
+            assert heading not in sections, f"{page}: two sections {heading!r}"
+            sections[heading] = []
+        elif heading and not fenced:
+            sections[heading].append(line)
+    return sections
+
+
+def markdown_tables(lines):
+    """The tables of some lines: (header cells, data rows as lines), the rows without the |---| line."""
+    tables, rows = [], []
+    for line in lines + [""]:
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            tables.append(([c.strip() for c in rows[0].strip("|").split("|")], [r for r in rows[2:]]))
+            rows = []
+    return tables
+
+
+RESULT_TABLES = ("method", "comparison", "episode", "updates")  # a results table's first column
+
+
+def test_every_results_table_is_what_the_tools_print(tmp_path, monkeypatch, capsys):
+    """Every results table of the README and of results/*/README.md lies in a section of RESULTS_SECTIONS, and each
+    of its rows is what tools/plot_results.py or tools/plot_curves.py prints from the committed CSVs there, cell for
+    cell; each section shows all that it should of what they print. The README's plot command runs as written."""
+    pages = ["README.md"] + sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "results", "*",
+                                                                                             "README.md")))
+    listed = {(page, heading) for page, heading, *_ in RESULTS_SECTIONS}
+    for page in pages:  # no results table outside a checked section
+        for heading, lines in markdown_sections(page).items():
+            kinds = [header[0] for header, _ in markdown_tables(lines) if header[0] in RESULT_TABLES]
+            assert not kinds or (page, heading) in listed, f"{page}, {heading}: unchecked {kinds} table"
+    draw = pr.plot_results
+    monkeypatch.setattr(pr, "plot_results", lambda *args: None)  # the tables only; the figure: below
+    monkeypatch.setattr(pc, "plot_curves", lambda *args: None)
+
+    def printed(main, argv):
+        capsys.readouterr()
+        main(argv)
+        return capsys.readouterr().out.splitlines()
+    for page, heading, results, curves, shows in RESULTS_SECTIONS:
+        where = f"{page}, {heading}"
+        tables = markdown_tables(markdown_sections(page)[heading])
+        out = []
+        if results:
+            folders, options = results
+            runs = [run for f in folders for run in sorted(glob.glob(os.path.join(HERE, "results", f)))]
+            out = printed(pr.main, runs + options)
+        rows = {cells[0]: cells for cells in (line.strip("| ").split(" | ") for line in out)
+                if len(cells) == 8 and cells[3].isdigit()}  # the tool's method and network rows
+        shown = set()
+        for header, lines in tables:
+            if header[0] == "method":  # label, networks or seeds x lifetimes, 4 success columns (, the paper's)
+                for line in lines:
+                    cells = line.replace("**", "").strip("| ").split(" | ")
+                    label = cells[0].split(" (")[0]
+                    key = METHOD_LABELS.get(label, label)
+                    assert key in rows, f"{where}: the tools print no row {key!r}"
+                    units, lifetimes = map(int, cells[1].split(" x "))
+                    n_networks, n_seeds = rows[key][1:3]
+                    assert (n_networks if n_networks not in ("-", "1") else n_seeds) == str(units), f"{where}: {line}"
+                    assert rows[key][3:] == [str(units * lifetimes)] + cells[2:6], f"{where}: {line}"
+                    shown.add(key)
+            elif header[0] in ("comparison", "episode"):  # the lines as printed
+                assert all(line in out for line in lines), f"{where}: {[l for l in lines if l not in out]}"
+                shown |= set(lines)
+            elif header[0] == "updates":  # some rows of the curves table, under its header
+                curve_out = printed(pc.main, [os.path.join(HERE, run) for run in curves[0]] + curves[1])
+                assert "| " + " | ".join(header) + " |" in curve_out and lines and \
+                    all(line in curve_out for line in lines), f"{where}: {lines}"
+                shown.add("curves")
+        comparison = [line for line in out if line.split(" | ")[0].endswith(")") and " - " in line]
+        trace = [line for line in out if line.startswith("| ") and line.split(" | ")[1] in ("yes", "no")]
+        wanted = {"methods": {key for key in rows if ", seed " not in key},
+                  "networks": {key for key in rows if ", seed " in key}, "comparison": set(comparison),
+                  "trace": set(trace), "curves": {"curves"}}
+        for what in shows.split():
+            assert wanted[what] and wanted[what] <= shown, f"{where}: {what} missing: {wanted[what] - shown}"
+    monkeypatch.setattr(pr, "plot_results", draw)  # the README's command as written: the figure, the same tables
+    command = next(line for line in open(os.path.join(HERE, "README.md")).read().splitlines()
+                   if line.startswith("python tools/plot_results.py"))
+    words = command.split()
+    assert words[-2] == "--plot-file" and words[2].endswith("/*/")
+    runs = sorted(glob.glob(os.path.join(HERE, words[2])))
+    proc = subprocess.run([sys.executable, PLOT_TOOL, *runs, *words[3:-1], str(tmp_path / "r.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert proc.stdout.splitlines()[:-1] == printed(pr.main, runs + words[3:-2] + ["--plot-file",
+                                                                                  str(tmp_path / "s.png")])[:-1]
     proc = subprocess.run([sys.executable, PLOT_TOOL, "no_such_run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: no eval.csv at no_such_run"
 
@@ -1619,7 +1729,7 @@ def bad_copy(path, tmp_path, change):
 
 
 @both
-@pytest.mark.parametrize("case", ["missing", "truncated", "other_script", "sizes", "net_only_resume"])
+@pytest.mark.parametrize("case", ["missing", "truncated", "other_script", "sizes", "sizes_resume", "net_only_resume"])
 def test_bad_checkpoints_exit_with_one_line(m, case, saved_checkpoints, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     saved_checkpoint = saved_checkpoints[m]
@@ -1633,9 +1743,10 @@ def test_bad_checkpoints_exit_with_one_line(m, case, saved_checkpoints, tmp_path
     elif case == "other_script":  # the other script's real checkpoint
         path = saved_checkpoints[ma if m is mr else mr]
         expected = f"was written by {(ma if m is mr else mr).SCRIPT}.py, not {m.SCRIPT}.py"
-    elif case == "sizes":
+    elif case in ("sizes", "sizes_resume"):  # e.g. a network of another input size or recurrence
         path = bad_copy(saved_checkpoint, tmp_path, lambda c: c["meta_net"].update(
             {"fc1.weight": torch.zeros(100, mr.META_INPUT_DIM)}))
+        flag = "--resume" if case == "sizes_resume" else flag
         expected = "does not fit this script's network"
     else:
         path = bad_copy(saved_checkpoint, tmp_path, lambda c: c.pop("optimizer"))
@@ -1684,6 +1795,136 @@ def test_an_error_in_a_worker_process_stops_the_run_with_one_line(m, tmp_path, m
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "\n" not in err and "update 1: non-finite inner PPO loss" in err
     assert time.perf_counter() - start < 60  # not the busy worker's 120 s
+
+
+@both
+def test_step_is_forward(m):
+    """MetaNet.step (a lifetime's: one step of N rows) is MetaNet.forward (the outer PPO's: S steps at once) from the
+    same initial state, whatever the recurrence inside: 3 lifetimes of 20 steps, every output to 1e-5."""
+    torch.manual_seed(0)
+    net = m.MetaNet()
+    x = torch.randn(3, 20, m.META_INPUT_DIM)
+    with torch.no_grad():
+        mean, std, value, _ = net(x, net.initial_state(3))
+        state, stepped = net.initial_state(3), []
+        for t in range(20):
+            *outputs, state = net.step(x[:, t], state)
+            stepped.append(torch.stack(outputs, -1))
+    torch.testing.assert_close(torch.stack(stepped, 1), torch.stack([mean, std, value], -1), atol=1e-5, rtol=0)
+
+
+# Stopping a run: SIGTERM, SIGKILL, Ctrl-C, a worker's death -------------------------------------------------------
+STOP_RUN = dict(num_workers=2, num_outer_updates=100, save_every=1, val_every=0, eval_tasks=1, eval_repeats=1)
+
+
+def children(pid):
+    """The pids of a process's children (Linux)."""
+    return [int(c) for task in glob.glob(f"/proc/{pid}/task/*/children") for c in open(task).read().split()]
+
+
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+def all_gone(pids, seconds):
+    deadline = time.time() + seconds
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    return not any(alive(p) for p in pids)
+
+
+def start_run(m, folder, after_update=2):
+    """Script m on a tiny 2-worker run of 100 updates, a process of its own session (as a terminal's job), once it
+    has printed update after_update's line: the process and its workers' pids."""
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, f"{m.SCRIPT}.py"), *tiny_argv(**STOP_RUN)],
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,  # Ctrl-C's default, even where a shell started us in background:
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:
+        if line.startswith(f"update {after_update}/"):
+            return proc, children(proc.pid)
+    pytest.fail(f"the run ended before update {after_update}: {proc.communicate()[1]}")
+
+
+def stopped_line(proc, folder):
+    """The one line on stderr of a stopped run and the update its checkpoint holds (checked against the file)."""
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    found = re.search(r"; (\S+) holds update (\d+): continue with python (\S+) --resume (\S+)$", lines[0])
+    assert found, lines[0]
+    assert found[1] == found[4] and found[3] == os.path.basename(proc.args[1])  # the script that ran
+    assert torch.load(os.path.join(folder, found[4]), weights_only=True)["update"] == int(found[2])
+    return lines[0], int(found[2]), os.path.join(folder, found[4])
+
+
+def assert_resume_equals_uninterrupted(m, checkpoint, saved, folder):
+    """--resume to update saved + 2 gives the run that was never stopped (lived in this process), bit for bit."""
+    resumed = m.main(m.Args(resume=checkpoint, num_outer_updates=saved + 2))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        reference = os.path.join(folder, m.main(tiny_args(m, **{**STOP_RUN, "num_workers": 1,
+                                                                "num_outer_updates": saved + 2}, exp_name="straight")))
+    assert untimed(read_csv(os.path.join(resumed, "progress.csv"))) == \
+        untimed(read_csv(os.path.join(reference, "progress.csv")))
+    assert read_csv(os.path.join(resumed, "eval.csv")) == read_csv(os.path.join(reference, "eval.csv"))
+    a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True)["meta_net"] for d in (resumed, reference))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads processes from /proc (Linux)")
+@both
+def test_sigterm_stops_the_run_and_its_workers_with_one_line(m, tmp_path):
+    """kill <pid> (a scheduler's preemption, `timeout`): the workers end with the run, which says in one line where
+    it stopped, what the checkpoint holds and the command that continues it; exit status 143."""
+    proc, workers = start_run(m, tmp_path)
+    assert len(workers) == 2 and all(alive(p) for p in workers)
+    proc.send_signal(signal.SIGTERM)
+    line, _, _ = stopped_line(proc, tmp_path)
+    assert proc.returncode == 128 + signal.SIGTERM and line.startswith("stopped by SIGTERM in update ")
+    assert all_gone(workers, 10)
+    assert not glob.glob(str(tmp_path / "runs" / "*" / "*.tmp"))  # no half-written file
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads processes from /proc (Linux)")
+@both
+def test_ctrl_c_stops_the_run_and_its_workers_with_one_line(m, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the whole process group): one line with the resume command, no traceback from
+    any process, exit status 130, no worker left."""
+    proc, workers = start_run(m, tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)
+    line, _, _ = stopped_line(proc, tmp_path)
+    assert proc.returncode == 128 + signal.SIGINT and line.startswith("stopped by Ctrl-C in update ")
+    assert all_gone(workers, 10)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads processes from /proc (Linux)")
+@both
+def test_workers_end_by_themselves_when_the_main_process_is_killed(m, tmp_path):
+    """kill -9 of the main process (or the out-of-memory killer): nothing can clean up, yet the workers see that
+    their parent is gone and end within a few seconds."""
+    proc, workers = start_run(m, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert all_gone(workers, 10)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads processes from /proc (Linux)")
+@both
+def test_a_killed_worker_stops_the_run_with_one_line_and_a_resume_continues_exactly(m, tmp_path, monkeypatch):
+    """A worker killed mid-update (any signal, out of memory): the run stops with one line naming the worker and
+    the signal, exit status 2, the other worker ended, the checkpoint intact; --resume gives the uninterrupted run."""
+    proc, workers = start_run(m, tmp_path)
+    os.kill(workers[1], signal.SIGKILL)
+    line, saved, checkpoint = stopped_line(proc, tmp_path)
+    assert proc.returncode == 2
+    assert re.match(rf"error: update \d+: lifetime worker 2 of 2 \(pid {workers[1]}\) died \(killed by SIGKILL\); ",
+                    line), line
+    assert all_gone(workers, 10)
+    assert_resume_equals_uninterrupted(m, checkpoint, saved, tmp_path)
 
 
 # Golden runs: a tiny meta-training pinned, so that moving code around changes no number --------------------
@@ -1782,6 +2023,52 @@ def test_golden_run_is_unchanged(m, tmp_path):
     assert got["evaluation"] == pytest.approx(pinned["evaluation"], abs=1e-5)
 
 
+def markdown_links(text):
+    """The targets of a markdown text's inline links and images, code left out."""
+    text = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", text, flags=re.S))
+    return re.findall(r"!?\[[^\]]*\]\(([^)\s]+)[^)]*\)", text)
+
+
+def github_anchor(heading):
+    """The anchor GitHub gives a heading: lower case, all but letters, digits, _, - and spaces dropped, spaces -."""
+    return re.sub(r"[^\w\- ]", "", heading.lstrip("#").strip().lower()).replace(" ", "-")
+
+
+def test_every_link_and_image_in_the_markdown_resolves():
+    """Every relative link and image of every *.md of the repository names a file of the repository that exists,
+    and a heading of it where it names one (#anchor); only http(s) links are left out."""
+    pages = []
+    for root, dirs, files in os.walk(HERE):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("runs", "__pycache__")]  # not the repo's
+        pages += [os.path.join(root, name) for name in files if name.endswith(".md")]
+    assert os.path.join(HERE, "README.md") in pages and os.path.join(HERE, "docs", "metareward.md") in pages
+    checked = 0
+    for page in pages:
+        for target in markdown_links(open(page).read()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            where = f"{os.path.relpath(page, HERE)}: ({target})"
+            assert os.path.commonpath([file, HERE]) == HERE and os.path.exists(file), f"{where}: no such file"
+            if anchor:
+                assert anchor in {github_anchor(h) for h in markdown_sections(os.path.relpath(file, HERE))}, \
+                    f"{where}: no such heading"
+            checked += 1
+    assert checked > 30
+
+
+def test_readme_teaching_output_is_the_runs_log():
+    """The output and the time the README shows for its teaching command are seed 1's run.log, line for line."""
+    readme = open(os.path.join(HERE, "README.md")).read()
+    section = readme[readme.index("## Teaching:"):]
+    shown = section[section.index("```text\n") + len("```text\n"):]
+    shown = shown[:shown.index("```")].splitlines()
+    log = open(os.path.join(HERE, "results", "door-close-v3_teaching", "seed1", "run.log")).read().splitlines()
+    assert len(shown) == 3 and all(line in log for line in shown)
+    assert "real\t18m55.946s" in log and "**18 min 56 s**" in section.split("```")[0]
+
+
 # The shipped networks (checkpoints/) ----------------------------------------------------------------
 # Per (task, meta-training seed), the network file and its mean output at steps 0, 5, 10, 12 (the success step), 19 of
 # fixed_meta_input() when it shipped.
@@ -1843,7 +2130,7 @@ def check_shipped_network(m, path, env_name, pinned, settings, seed=1):
     args = tiny_args(m, lifetimes_per_update=2)
     tasks = m.sample_tasks(bench.test_classes, bench.test_tasks, 2, None)
     batch = m.run_lifetimes(m.EnvGroup(bench.test_classes, args.max_episode_steps), tasks, train_keys(m, 2),
-                            meta_net, args, m.Timer(), evaluation=True)
+                            meta_net, args, evaluation=True)
     out = batch["meta_actions"]
     assert out.shape == (2, args.lifetime_steps) and torch.isfinite(out).all()
     assert out.std() > 0
