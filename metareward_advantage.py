@@ -349,8 +349,9 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, evaluation=False, on_block=
     noise = torch.stack([torch.randn(steps, ACT_DIM + 1, generator=g) for g in generators])  # a_t's (4), A^m_t's (1)
     z = lambda *shape: torch.zeros((n, steps) + shape)
     obs, actions, logprobs = z(OBS_DIM), z(ACT_DIM), z()
-    meta_inputs, meta_actions, meta_logprobs, meta_values = z(META_INPUT_DIM), z(), z(), z()  # x_t, A^m_t, its
-    sparse, shaped, success = z(), z(), z()  # log-prob and V_t; r^e_t, the shaped reward, the success flag
+    # phi's inputs x_t, actions A^m_t, their log-probs, its values V_t; r^e_t, the shaped reward, the success flags
+    meta_inputs, meta_actions, meta_logprobs, meta_values = z(META_INPUT_DIM), z(), z(), z()
+    sparse, shaped, success = z(), z(), z()
     next_obs = torch.as_tensor(envs.set_tasks(tasks))
     state = meta_net.initial_state(n)
     prev_a, solved = torch.zeros(n), torch.zeros(n, dtype=torch.bool)  # A^m_(t-1); each episode solved so far
