@@ -141,6 +141,8 @@ class Args:
     """validate the reward network every this many outer updates (0 = never); keeps the best"""
     val_tasks: int = 10
     """validation lifetimes: one per fresh goal of the train classes, disjoint from the train and test tasks"""
+    eval_network: Literal["last", "best"] = "last"
+    """the network a meta-training run evaluates at its end: the last, or the best validated (meta_net_best.pt)"""
 
     # Checkpoints
     save_every: int = 5
@@ -647,6 +649,9 @@ def check_args(args):
     checks += [
         (len(set(args.eval_seeds)) < len(args.eval_seeds),
          f"--eval-seeds repeats a seed: {' '.join(map(str, args.eval_seeds))}"),
+        (args.eval_network == "best" and not 0 < args.val_every <= args.num_outer_updates,
+         f"--eval-network best needs a validation: --val-every between 1 and --num-outer-updates "
+         f"({args.num_outer_updates}), got {args.val_every}"),
         (args.eval_checkpoint and args.inner_reward != "intrinsic",
          f"--eval-checkpoint is for the intrinsic reward, not --inner-reward {args.inner_reward}"),
         ((args.num_workers or 0) > args.lifetimes_per_update,
@@ -1202,6 +1207,11 @@ def main(args):
         if mode == "meta":
             run = Run(args, run_dir, benchmark, lifetimes, device, ckpt if args.resume else None)
             meta_net = meta_train(args, benchmark, lifetimes, run)
+            if args.eval_network == "best":  # the best validated network instead of the last
+                best = os.path.join(run_dir, "meta_net_best.pt")
+                meta_net, update = load_meta_net(best, device), load_checkpoint(best)["update"]
+                network = f"seed {args.seed} update {update}"
+                print(f"evaluating the best validated network, update {update} ({best})")
         os.makedirs(run_dir, exist_ok=True)
         evaluating = True
         run_evaluation(args, run_dir, benchmark, lifetimes, meta_net, network)

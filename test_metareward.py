@@ -1060,6 +1060,30 @@ def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoi
         assert sorted(os.listdir("runs")) == runs
 
 @both
+def test_eval_network_best_evaluates_the_best_validated_network(m, tmp_path, monkeypatch):
+    """--eval-network best: the run's evaluation is that of its meta_net_best.pt (the same eval.csv rows and
+    first-lifetime trace as --eval-checkpoint of that file), not of the last network; without a validation
+    it is refused before any work."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    run = m.main(tiny_args(m, num_outer_updates=3, eval_network="best", eval_repeats=1))
+    best = m.load_checkpoint(os.path.join(run, "meta_net_best.pt"))["update"]
+    assert best < 3  # validation scores 0 in a tiny run: the first validated network stays the best
+    rows = read_csv(os.path.join(run, "eval.csv"))
+    assert {r["network"] for r in rows} == {f"seed 1 update {best}"}
+    for checkpoint, same in (("meta_net_best.pt", True), ("checkpoint.pt", False)):
+        other = m.main(tiny_args(m, eval_checkpoint=os.path.join(run, checkpoint), eval_repeats=1))
+        assert [{k: v for k, v in r.items() if k != "network"} for r in read_csv(os.path.join(other, "eval.csv"))] \
+            == [{k: v for k, v in r.items() if k != "network"} for r in rows]  # successes: all 0 here
+        trace = (read_csv(os.path.join(run, m.TRACE_FILE)) == read_csv(os.path.join(other, m.TRACE_FILE)))
+        assert trace == same, checkpoint
+    with pytest.raises(m.ConfigError, match="--eval-network best needs a validation"):
+        tiny_args(m, eval_network="best", val_every=0)
+    with pytest.raises(m.ConfigError, match="--eval-network best needs a validation"):
+        tiny_args(m, eval_network="best", val_every=5, num_outer_updates=3)
+
+
+@both
 def test_an_evaluated_network_brings_its_task_unless_another_is_given(m, saved_checkpoints, tmp_path, monkeypatch,
                                                                       capsys):
     """--eval-checkpoint without --env-name evaluates the network on its own task (here one meta-trained on
