@@ -71,6 +71,8 @@ class Args:
     """env steps of one lifetime, 12 episodes (Table 1's total_timesteps)"""
     meta_learning_rate: float = 5e-5
     """Adam learning rate of the reward network"""
+    meta_anneal_lr: bool = False
+    """decay the outer learning rate linearly to 0 over --num-outer-updates (the paper's is constant)"""
     meta_gamma: float = 0.9
     """per-episode discount of the outer objective J(phi) (Eq. 1 with A.2.2's per-episode discount)"""
     meta_nsteps: tuple[int, ...] = (2200, 2500, 2800, 3100, 3400, 3700)
@@ -576,6 +578,8 @@ def meta_train(args, benchmark, lifetimes, run):
     task_rng = np.random.default_rng(args.seed)  # line 1: p(M), the train tasks
     run.restore(meta_net, optimizer, normalizer, task_rng)  # --resume: all of it as checkpointed
     for update in run.updates():  # line 2: here a fixed number of updates (--num-outer-updates)
+        if args.meta_anneal_lr:  # not the paper's: a schedule for short runs (the teaching command)
+            optimizer.param_groups[0]["lr"] = (1 - (update - 1) / args.num_outer_updates) * args.meta_learning_rate
         tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
         keys = [(TRAIN, args.seed, update, i) for i in range(len(tasks))]  # lines 3-4: a meta-batch of N tasks
         batch = lifetimes.run(tasks, keys, meta_net, args, progress=run.progress_line(update))  # lines 5-14

@@ -1060,6 +1060,21 @@ def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoi
         assert sorted(os.listdir("runs")) == runs
 
 @both
+def test_meta_anneal_lr_decays_the_outer_learning_rate_linearly_to_zero(m, tmp_path, monkeypatch):
+    """--meta-anneal-lr: update u's outer PPO steps with lr (1 - (u - 1) / U) x --meta-learning-rate; without
+    it (the paper's), the constant lr."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    real = m.outer_ppo_update
+    for anneal, expected in ((True, [3e-4, 2e-4, 1e-4]), (False, [3e-4] * 3)):
+        seen = []
+        monkeypatch.setattr(m, "outer_ppo_update", lambda net, opt, *a: seen.append(opt.param_groups[0]["lr"]) or
+                            real(net, opt, *a))
+        m.main(tiny_args(m, num_outer_updates=3, val_every=0, meta_learning_rate=3e-4, meta_anneal_lr=anneal))
+        assert seen == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@both
 def test_eval_network_best_evaluates_the_best_validated_network(m, tmp_path, monkeypatch):
     """--eval-network best: the run's evaluation is that of its meta_net_best.pt (the same eval.csv rows and
     first-lifetime trace as --eval-checkpoint of that file), not of the last network; without a validation
@@ -1602,21 +1617,109 @@ def test_every_results_table_is_what_the_tools_print(tmp_path, monkeypatch, caps
     assert proc.returncode == 2 and proc.stderr.strip() == "error: no eval.csv at no_such_run"
 
 
+def load_teach():
+    spec = importlib.util.spec_from_file_location("teach", os.path.join(HERE, "tools", "teach.py"))
+    teach = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(teach)
+    return teach
+
+
 def test_readme_teaching_command_shrinks_only_the_outer_loop():
-    """The README's teaching command is a flags-only run of metareward.py whose settings differ from the
-    paper's only where its text says: the meta-batch, the outer learning rate, the update count, no
-    validation, one evaluation lifetime per test goal."""
+    """The README's teaching command is tools/teach.py, whose metareward.py settings (named in the README
+    as it prints them) differ from the paper's only where the text says: the meta-batch, the outer
+    learning rate, the update count, a validation every 5 updates whose best network is evaluated, one
+    evaluation lifetime per test goal."""
     readme = open(os.path.join(HERE, "README.md")).read()
     section = readme[readme.index("## Teaching:"):]
-    command = next(line for line in section.splitlines() if line.startswith("python metareward.py"))
-    args = tyro.cli(mr.Args, args=command.split()[2:])
+    assert next(line for line in section.splitlines() if line.startswith("python ")).split("#")[0].strip() == \
+        "python tools/teach.py"
+    teach = load_teach()
+    assert f"`python metareward.py {' '.join(teach.TEACHING)}`" in " ".join(section.split())
+    args = tyro.cli(mr.Args, args=teach.TEACHING)
     mr.check_args(args)
     paper = mr.Args()
     mr.check_args(paper)
     changed = {k: v for k, v in dataclasses.asdict(args).items() if v != getattr(paper, k)}
-    assert changed == dict(lifetimes_per_update=10, meta_learning_rate=3e-4, num_outer_updates=25, val_every=0,
-                           eval_repeats=1)
+    assert changed == dict(lifetimes_per_update=10, meta_learning_rate=3e-4, num_outer_updates=25, val_every=5,
+                           eval_network="best", eval_repeats=1)
     assert (args.env_name, args.max_episode_steps, args.lifetime_steps) == ("door-close-v3", 500, 6000)
+
+
+def test_teach_tool_runs_the_teaching_flags_then_compares_and_draws(tmp_path, monkeypatch, capsys):
+    """tools/teach.py: metareward.py's cli with TEACHING then the user's flags; after it, the network's
+    eps 9-12 and deterministic means +- standard error over its lifetimes against PPO shaped's means over
+    the shipped baselines, the margin in standard errors (by hand here), and the figure."""
+    teach = load_teach()
+    run = tmp_path / "run"
+    for name in ("progress.csv", "eval.csv"):
+        os.makedirs(run, exist_ok=True)
+        (run / name).write_text(open(os.path.join(HERE, "results", "door-close-v3_teaching", "seed1", name)).read())
+    seen = []
+    monkeypatch.setattr(teach.metareward, "cli", lambda argv: seen.append(argv) or str(run))
+    assert teach.main(["--seed", "4"]) == str(run) and seen == [teach.TEACHING + ["--seed", "4"]]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "python metareward.py " + " ".join(teach.TEACHING + ["--seed", "4"])
+    rows = read_csv(run / "eval.csv")
+    shaped = [r for p in sorted(glob.glob(os.path.join(HERE, "results", "door-close-v3", "ppo_shaped_seeds*",
+                                                        "eval.csv"))) for r in read_csv(p)]
+    for name, columns, line in (("eps 9-12", [f"success_ep{e:02d}" for e in (9, 10, 11, 12)], out[-3]),
+                                ("deterministic", ["success_det"], out[-2])):
+        mine = np.array([np.mean([float(r[c]) for c in columns]) for r in rows])
+        se = mine.std(ddof=1) / np.sqrt(len(mine))
+        base = np.mean([np.mean([np.mean([float(r[c]) for c in columns]) for r in shaped if r["seed"] == s])
+                        for s in sorted({r["seed"] for r in shaped})])
+        assert line == (f"  {name}: network {mine.mean():.3f} +- {se:.3f}, PPO shaped {base:.3f}: "
+                        f"{(mine.mean() - base) / se:+.1f} standard errors, beats PPO shaped")
+    assert out[-1] == f"wrote {run / 'teaching.png'}" and (run / "teaching.png").read_bytes()[:4] == b"\x89PNG"
+
+
+TEACHING_PAGE = os.path.join(HERE, "results", "door-close-v3_teaching", "README.md")
+
+
+def exercise_edits():
+    """The teaching page's exercises: each ```diff block as (the script's lines it replaces, the new lines)."""
+    blocks = re.findall(r"```diff\n(.*?)```", open(TEACHING_PAGE).read(), re.S)
+    return [("".join(line[1:] + "\n" for line in b.splitlines() if line[:1] in " -"),
+             "".join(line[1:] + "\n" for line in b.splitlines() if line[:1] in " +")) for b in blocks]
+
+
+@pytest.mark.parametrize("number", [1, 2, 3])
+def test_each_exercise_is_a_one_line_edit_that_does_what_the_page_says(number, tmp_path, monkeypatch):
+    """The page's edit, applied as written to a copy of metareward.py, changes one line, and in a tiny run
+    (1: the outer objective is the sparse signal as it is, no normaliser; 2: phi's inputs are s_t and zeros;
+    3: r^i_t in training is phi's mean, nothing sampled)."""
+    edits = exercise_edits()
+    assert len(edits) == 3
+    old, new = edits[number - 1]
+    source = open(os.path.join(HERE, "metareward.py")).read()
+    assert source.count(old) == 1
+    assert sum(a != b for a, b in zip(old.splitlines(), new.splitlines())) + abs(
+        len(old.splitlines()) - len(new.splitlines())) == 1  # one line changed, added or removed
+    (tmp_path / "metareward_exercise.py").write_text(source.replace(old, new))
+    spec = importlib.util.spec_from_file_location("metareward_exercise", tmp_path / "metareward_exercise.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    seen, real_run, real_adv = [], m.run_lifetimes, m.meta_advantages
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    monkeypatch.setattr(m, "run_lifetimes", lambda envs, tasks, keys, net, args, evaluation=False, **kw: seen.append(
+        dict(net=copy.deepcopy(net), evaluation=evaluation, record=real_run(envs, tasks, keys, net, args, evaluation,
+                                                                           **kw))) or seen[-1]["record"])
+    monkeypatch.setattr(m, "meta_advantages", lambda rewards, *a: seen.append(dict(rewards=rewards)) or
+                        real_adv(rewards, *a))
+    monkeypatch.chdir(tmp_path)
+    m.main(tiny_args(m, val_every=0))
+    training = [(s, n) for s, n in zip(seen, seen[1:]) if "record" in s and not s["evaluation"]]
+    assert len(training) == 2 and all("rewards" in n for _, n in training)
+    for s, n in training:
+        r, x = s["record"], s["record"]["meta_inputs"]
+        if number == 1:
+            assert torch.equal(n["rewards"], r["sparse"]) and (r["sparse"] != 0).any()
+        elif number == 2:
+            assert (x[..., m.OBS_DIM:] == 0).all() and (x[..., :m.OBS_DIM] != 0).any()
+        else:
+            with torch.no_grad():
+                mean = s["net"](x, s["net"].initial_state(len(x)))[0]
+            torch.testing.assert_close(r["meta_actions"], mean, atol=1e-5, rtol=0)
 
 
 def test_env_rate_tool_steps_every_env_and_refuses_bad_shares(capsys, monkeypatch):
