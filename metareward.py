@@ -64,7 +64,7 @@ class Args:
 
     # Meta-training: the outer loop (Algorithm 1; Table 2)
     num_outer_updates: Optional[int] = None
-    """outer PPO updates (None = the authors' code: 500 for ML1, 1500 for ML10)"""
+    """outer PPO updates (None = the authors' code: 500 for ML1, 1500 for ML10; 0 = evaluate the untrained network)"""
     lifetimes_per_update: int = 30
     """N, the meta-batch: lifetimes (distinct train tasks) per outer update (num_inner_loops_per_update)"""
     lifetime_steps: int = 6000
@@ -625,7 +625,8 @@ def check_args(args):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         args.num_workers = min(cores, args.lifetimes_per_update)
     ranges = {  # what each flag must be (NaN fails every comparison; None is --eval-tasks' default: all)
-        "at least 1": ("max_episode_steps lifetime_steps steps_per_update lifetimes_per_update num_outer_updates "
+        "at least 0": ("num_outer_updates", lambda x: x >= 0),
+        "at least 1": ("max_episode_steps lifetime_steps steps_per_update lifetimes_per_update "
                        "tbptt_len num_workers update_epochs num_minibatches meta_update_epochs save_every "
                        "eval_repeats eval_deterministic_episodes eval_tasks", lambda x: x is None or x >= 1),
         "finite and > 0": ("meta_learning_rate learning_rate meta_std_scale reward_scale", lambda x: 0 < x < math.inf),

@@ -4,6 +4,7 @@ Tests marked with `m` run for both scripts (m = the module); the rest are about 
 import copy
 import csv
 import dataclasses
+import difflib
 import glob
 import importlib.util
 import math
@@ -1075,6 +1076,25 @@ def test_meta_anneal_lr_decays_the_outer_learning_rate_linearly_to_zero(m, tmp_p
 
 
 @both
+def test_zero_outer_updates_evaluate_the_network_meta_training_starts_from(m, tmp_path, monkeypatch):
+    """--num-outer-updates 0 (the untrained control): the evaluated network is, weight for weight, the one a
+    meta-training run of the same seed starts from; eval.csv names it update 0."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    nets, real = [], m.run_lifetimes
+    monkeypatch.setattr(m, "run_lifetimes", lambda envs, tasks, keys, net, *a, **kw: nets.append(
+        {k: v.clone() for k, v in net.state_dict().items()}) or real(envs, tasks, keys, net, *a, **kw))
+    run = m.main(tiny_args(m, num_outer_updates=0, val_every=0, eval_repeats=1))
+    untrained = nets[0]
+    assert {r["network"] for r in read_csv(os.path.join(run, "eval.csv"))} == {"seed 1 update 0"}
+    assert not os.path.exists(os.path.join(run, "checkpoint.pt"))
+    nets.clear()
+    m.main(tiny_args(m, num_outer_updates=1, val_every=0, eval_repeats=1))
+    assert all(torch.equal(untrained[k], nets[0][k]) for k in untrained)  # update 1's lifetimes: the initial phi
+    assert not all(torch.equal(untrained[k], nets[-1][k]) for k in untrained)  # its evaluation: the trained phi
+
+
+@both
 def test_eval_network_best_evaluates_the_best_validated_network(m, tmp_path, monkeypatch):
     """--eval-network best: the run's evaluation is that of its meta_net_best.pt (the same eval.csv rows and
     first-lifetime trace as --eval-checkpoint of that file), not of the last network; without a validation
@@ -1504,10 +1524,10 @@ RESULTS_SECTIONS = [
      None, "trace"),
     ("results/reach-v3/README.md", "### What the advantage networks signal", (["reach-v3/advantage_seed1_update50/"], []),
      None, "trace"),
-    ("results/door-close-v3_teaching/README.md", "## The three networks against the baselines",
+    ("results/door-close-v3_teaching/README.md", "## The five networks against the baselines",
      (["door-close-v3_teaching/*/", "door-close-v3/ppo_*/"], []), None, "methods networks comparison"),
-    ("results/door-close-v3_teaching/README.md", "## The three runs", None,
-     ([f"results/door-close-v3_teaching/seed{s}" for s in (1, 2, 3)], []), "curves"),
+    ("results/door-close-v3_teaching/README.md", "## The five runs", None,
+     ([f"results/door-close-v3_teaching/seed{s}" for s in (1, 2, 3, 4, 5)], []), "curves"),
     ("results/door-close-v3_teaching/README.md", "## Why door-close, and what did not work", None,
      (PAPER_RUNS, ["--labels", *[f"{t} {s}" for t in ("door-close", "button-press", "reach") for s in (1, 2, 3)]]),
      "curves"),
@@ -1542,7 +1562,7 @@ def markdown_tables(lines):
     return tables
 
 
-RESULT_TABLES = ("method", "comparison", "episode", "updates")  # a results table's first column
+RESULT_TABLES = ("method", "comparison", "episode", "updates", "class")  # a results table's first column
 
 
 def test_every_results_table_is_what_the_tools_print(tmp_path, monkeypatch, capsys):
@@ -1587,8 +1607,9 @@ def test_every_results_table_is_what_the_tools_print(tmp_path, monkeypatch, caps
                     assert (n_networks if n_networks not in ("-", "1") else n_seeds) == str(units), f"{where}: {line}"
                     assert rows[key][3:] == [str(units * lifetimes)] + cells[2:6], f"{where}: {line}"
                     shown.add(key)
-            elif header[0] in ("comparison", "episode"):  # the lines as printed
+            elif header[0] in ("comparison", "episode", "class"):  # the lines as printed, under their header
                 assert all(line in out for line in lines), f"{where}: {[l for l in lines if l not in out]}"
+                assert header[0] != "class" or "| " + " | ".join(header) + " |" in out, f"{where}: {header}"
                 shown |= set(lines)
             elif header[0] == "updates":  # some rows of the curves table, under its header
                 curve_out = printed(pc.main, [os.path.join(HERE, run) for run in curves[0]] + curves[1])
@@ -1597,9 +1618,12 @@ def test_every_results_table_is_what_the_tools_print(tmp_path, monkeypatch, caps
                 shown.add("curves")
         comparison = [line for line in out if line.split(" | ")[0].endswith(")") and " - " in line]
         trace = [line for line in out if line.startswith("| ") and line.split(" | ")[1] in ("yes", "no")]
+        classes = out[out.index(next(line for line in out if line.startswith("| class |"))) + 2:] if any(
+            line.startswith("| class |") for line in out) else []
         wanted = {"methods": {key for key in rows if ", seed " not in key},
                   "networks": {key for key in rows if ", seed " in key}, "comparison": set(comparison),
-                  "trace": set(trace), "curves": {"curves"}}
+                  "trace": set(trace), "curves": {"curves"},
+                  "classes": set(classes[:classes.index("")] if "" in classes else classes)}
         for what in shows.split():
             assert wanted[what] and wanted[what] <= shown, f"{where}: {what} missing: {wanted[what] - shown}"
     monkeypatch.setattr(pr, "plot_results", draw)  # the README's command as written: the figure, the same tables
@@ -1668,8 +1692,12 @@ def test_teach_tool_runs_the_teaching_flags_then_compares_and_draws(tmp_path, mo
         se = mine.std(ddof=1) / np.sqrt(len(mine))
         base = np.mean([np.mean([np.mean([float(r[c]) for c in columns]) for r in shaped if r["seed"] == s])
                         for s in sorted({r["seed"] for r in shaped})])
-        assert line == (f"  {name}: network {mine.mean():.3f} +- {se:.3f}, PPO shaped {base:.3f}: "
-                        f"{(mine.mean() - base) / se:+.1f} standard errors, beats PPO shaped")
+        shown = re.fullmatch(rf"  {name}: network (\S+) \+- (\S+), PPO shaped (\S+): (\S+) standard errors, "
+                             r"beats PPO shaped", line)
+        assert shown, line  # the numbers as printed (3 decimals; the margin 1), whatever the summation order
+        want = [mine.mean(), se, base, (mine.mean() - base) / se]
+        assert all(abs(float(v) - w) <= tol for v, w, tol in zip(shown.groups(), want, [5e-4 + 1e-9] * 3 + [0.05])), \
+            (line, want)
     assert out[-1] == f"wrote {run / 'teaching.png'}" and (run / "teaching.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -1693,17 +1721,17 @@ def test_each_exercise_is_a_one_line_edit_that_does_what_the_page_says(number, t
     old, new = edits[number - 1]
     source = open(os.path.join(HERE, "metareward.py")).read()
     assert source.count(old) == 1
-    assert sum(a != b for a, b in zip(old.splitlines(), new.splitlines())) + abs(
-        len(old.splitlines()) - len(new.splitlines())) == 1  # one line changed, added or removed
+    diff = [line[0] for line in difflib.ndiff(old.splitlines(), new.splitlines()) if line[0] in "-+"]
+    assert max(diff.count("-"), diff.count("+")) == 1  # one line changed, added or removed
     (tmp_path / "metareward_exercise.py").write_text(source.replace(old, new))
     spec = importlib.util.spec_from_file_location("metareward_exercise", tmp_path / "metareward_exercise.py")
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     seen, real_run, real_adv = [], m.run_lifetimes, m.meta_advantages
     monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
-    monkeypatch.setattr(m, "run_lifetimes", lambda envs, tasks, keys, net, args, evaluation=False, **kw: seen.append(
-        dict(net=copy.deepcopy(net), evaluation=evaluation, record=real_run(envs, tasks, keys, net, args, evaluation,
-                                                                           **kw))) or seen[-1]["record"])
+    monkeypatch.setattr(m, "run_lifetimes", lambda envs, tasks, keys, net, args, evaluation=False, *a, **kw:
+                        seen.append(dict(net=copy.deepcopy(net), evaluation=evaluation, record=real_run(
+                            envs, tasks, keys, net, args, evaluation, *a, **kw))) or seen[-1]["record"])
     monkeypatch.setattr(m, "meta_advantages", lambda rewards, *a: seen.append(dict(rewards=rewards)) or
                         real_adv(rewards, *a))
     monkeypatch.chdir(tmp_path)
@@ -1720,6 +1748,23 @@ def test_each_exercise_is_a_one_line_edit_that_does_what_the_page_says(number, t
             with torch.no_grad():
                 mean = s["net"](x, s["net"].initial_state(len(x)))[0]
             torch.testing.assert_close(r["meta_actions"], mean, atol=1e-5, rtol=0)
+
+
+def test_results_tool_prints_the_success_per_class_when_there_are_several():
+    """tools/plot_results.py's class table (ML10): per class and per method (per network where a method has
+    several), the mean over that class's lifetimes of episodes 9-12's success and of the deterministic one;
+    '-' where a method has no lifetime of the class. By hand on made-up rows."""
+    def row(cls, method, network, last4, det):
+        return {"task": "0", "env_name": cls, "repeat": "0", "seed": "1", "inner_reward": method, "network": network,
+                **{f"success_ep{e:02d}": str(last4[e - 9] if e >= 9 else 0.0) for e in range(1, 13)},
+                "success_det": str(det)}
+    rows = [row("a", "intrinsic", "seed 1 update 100", [1, 1, 0, 0], 0.5), row("a", "intrinsic", "seed 1 update 100",
+            [0, 0, 0, 0], 1.0), row("b", "intrinsic", "seed 1 update 100", [1, 1, 1, 1], 0.0),
+            row("a", "intrinsic", "seed 1 update 0", [0, 0, 0, 1], 0.25), row("b", "shaped", "", [1, 0, 0, 0], 0.75)]
+    assert pr.class_table(rows) == [
+        "| class | intrinsic, seed 1 update 100: eps 9-12 / det. (lifetimes) | intrinsic, seed 1 update 0: eps 9-12 / "
+        "det. (lifetimes) | shaped: eps 9-12 / det. (lifetimes) |", "|---|---|---|---|",
+        "| a | 0.25 / 0.75 (2) | 0.25 / 0.25 (1) | - |", "| b | 1.00 / 0.00 (1) | - | 0.25 / 0.75 (1) |"]
 
 
 def test_env_rate_tool_steps_every_env_and_refuses_bad_shares(capsys, monkeypatch):
@@ -2185,15 +2230,43 @@ def test_every_link_and_image_in_the_markdown_resolves():
     assert checked > 30
 
 
-def test_readme_teaching_output_is_the_runs_log():
-    """The output and the time the README shows for its teaching command are seed 1's run.log, line for line."""
+def teaching_row(seed):
+    """The README's seeds-table row of a teaching run, from its folder: the wall clock and raw env rates of
+    its run.log, the network its eval.csv evaluated, the means +- standard errors over its lifetimes, the
+    margins over PPO shaped in standard errors, the verdict (both margins above 2)."""
+    folder = os.path.join(HERE, "results", "door-close-v3_teaching", f"seed{seed}")
+    log = open(os.path.join(folder, "run.log")).read()
+    wall = re.search(r"wall clock (\d+ min \d+ s)", log)[1]
+    rates = re.findall(r"raw rate (?:before|after): (\d+) env-steps/s", log)
+    rows = read_csv(os.path.join(folder, "eval.csv"))
+    columns = [c for c in rows[0] if c.startswith("success_")]
+    shaped = [r for p in sorted(glob.glob(os.path.join(HERE, "results", "door-close-v3", "ppo_shaped_seeds*",
+                                                        "eval.csv"))) for r in read_csv(p)]
+    mine, base = mr.table_row(rows, columns), mr.table_row(shaped, columns)
+    cells, margins = [], []
+    for name in ("eps 9-12", "deterministic"):
+        (m, se), b = mine[name], base[name][0]
+        margins.append((m - b) / se)
+        cells.append(f"{m:.2f} +- {se:.2f} ({margins[-1]:+.1f})")
+    network = rows[0]["network"].split(" update ")[1]
+    return [str(seed), f"{wall} ({' / '.join(rates)})", f"update {network}", *cells,
+            "yes" if min(margins) > 2 else "no"]
+
+
+def test_readme_teaching_output_and_seeds_table_are_the_runs():
+    """The output the README shows for its teaching command is seed 1's run.log, line for line, and the time
+    it gives is that log's wall clock; its seeds table is the five runs' folders (teaching_row)."""
     readme = open(os.path.join(HERE, "README.md")).read()
-    section = readme[readme.index("## Teaching:"):]
+    start = readme.index("## Teaching:")
+    section = readme[start:readme.index("\n## ", start)]
     shown = section[section.index("```text\n") + len("```text\n"):]
     shown = shown[:shown.index("```")].splitlines()
-    log = open(os.path.join(HERE, "results", "door-close-v3_teaching", "seed1", "run.log")).read().splitlines()
-    assert len(shown) == 3 and all(line in log for line in shown)
-    assert "real\t18m55.946s" in log and "**18 min 56 s**" in section.split("```")[0]
+    log = open(os.path.join(HERE, "results", "door-close-v3_teaching", "seed1", "run.log")).read()
+    assert len(shown) >= 5 and all(line in log.splitlines() for line in shown)
+    wall = re.search(r"wall clock (\d+ min \d+ s)", log)[1]
+    assert f"**{wall}**" in section.split("```")[0]
+    (header, rows), = [t for t in markdown_tables(section.splitlines()) if t[0][0] == "seed"]
+    assert [[c.strip() for c in row.strip("|").split("|")] for row in rows] == [teaching_row(s) for s in range(1, 6)]
 
 
 # The shipped networks (checkpoints/) ----------------------------------------------------------------

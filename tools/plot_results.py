@@ -2,9 +2,10 @@
 
 Prints the results table (markdown: one row per method, mean +- std over its networks when the folders
 hold several meta-trained networks of it, the paper's error bar; else over its evaluation seeds; else the
-standard error over lifetimes), each network's own row when a method has several, a two-sample test (Welch's
-t) over the networks of every two methods that have several and of each such method against PPO shaped's
-seeds (--compare-with), the table of what the network signals per episode of its traced lifetime, and draws
+standard error over lifetimes), each network's own row when a method has several, the success per task
+class when there are several (ML10), a two-sample test (Welch's t) over the networks of every two methods
+that have several and of each such method against PPO shaped's seeds (--compare-with), the table of what
+the network signals per episode of its traced lifetime, and draws
 --plot-file: success per episode index per method, and the signal over one evaluation episode next to the
 shaped reward.
 
@@ -139,6 +140,34 @@ def results_table(rows, per_network=False):
             label = f"{method}, {named[0]}" if per_network else method
             lines.append(f"| {label} | {len(named) or '-'} | {len({str(r['seed']) for r in group})} | "
                          f"{len(group)} | " + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
+    return lines
+
+
+def class_table(rows):
+    """Markdown, when the rows span several task classes (ML10): one line per class, one column per method (per
+    network where a method has several), the mean success on the last 4 episodes / deterministically over
+    its lifetimes on the class, and their count."""
+    columns = [c for c in rows[0] if c.startswith("success_")]
+    last4 = list(table_spans(columns))[-2]
+    groups = {(r["inner_reward"], r.get("network", "")): None for r in rows}
+    methods = {}
+    for method, network in groups:
+        methods.setdefault(method, []).append(network)
+    labels = {(m, n): f"{m}, {n}" if len(methods[m]) > 1 else m for m, n in groups}
+    lines = ["| class | " + " | ".join(f"{labels[g]}: {last4} / det. (lifetimes)" for g in groups) + " |",
+             "|---" * (len(groups) + 1) + "|"]
+    for name in dict.fromkeys(r["env_name"] for r in rows):
+        cells = []
+        for method, network in groups:
+            group = [r for r in rows if r["env_name"] == name and r["inner_reward"] == method
+                     and r.get("network", "") == network]
+            if not group:
+                cells.append("-")
+                continue
+            values = np.array([[float(r[c]) for c in columns] for r in group])
+            cells.append(f"{values[:, table_spans(columns)[last4]].mean():.2f} / {values[:, -1].mean():.2f} "
+                         f"({len(group)})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -308,6 +337,8 @@ def main(argv=None):
         per_network = results_table(rows, per_network=True)
         if per_network:
             print("\n" + "\n".join(per_network))
+        if len({r["env_name"] for r in rows}) > 1:
+            print("\n" + "\n".join(class_table(rows)))
         comparison = network_comparison(rows, args.compare_with)
         if comparison:
             print("\n" + "\n".join(comparison))
