@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 import metareward  # noqa: E402  (the repository's script, beside this folder)
 
 TEACHING = ["--lifetimes-per-update", "10", "--meta-learning-rate", "3e-4", "--meta-anneal-lr", "--num-outer-updates",
-            "25", "--val-every", "5", "--eval-network", "best", "--eval-repeats", "1"]
+            "25", "--val-every", "0", "--eval-repeats", "1"]
 BASELINES = {"PPO shaped": "results/door-close-v3/ppo_shaped_seeds*/eval.csv",
              "PPO sparse": "results/door-close-v3/ppo_sparse/eval.csv"}
 
