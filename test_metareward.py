@@ -2230,14 +2230,9 @@ def test_every_link_and_image_in_the_markdown_resolves():
     assert checked > 30
 
 
-def teaching_row(seed):
-    """The README's seeds-table row of a teaching run, from its folder: the wall clock and raw env rates of
-    its run.log, the means +- standard errors over its lifetimes, the
-    margins over PPO shaped in standard errors, the verdict (both margins above 2)."""
-    folder = os.path.join(HERE, "results", "door-close-v3_teaching", f"seed{seed}")
-    log = open(os.path.join(folder, "run.log")).read()
-    wall = re.search(r"wall clock (\d+ min \d+ s)", log)[1]
-    rates = re.findall(r"raw rate (?:before|after): (\d+) env-steps/s", log)
+def against_shaped(folder):
+    """A teaching-geometry network's cells, from its folder's eval.csv: "mean +- standard error (margin)" on
+    episodes 9-12 and at the deterministic point, the margin over PPO shaped in its standard errors; the margins."""
     rows = read_csv(os.path.join(folder, "eval.csv"))
     columns = [c for c in rows[0] if c.startswith("success_")]
     shaped = [r for p in sorted(glob.glob(os.path.join(HERE, "results", "door-close-v3", "ppo_shaped_seeds*",
@@ -2248,8 +2243,44 @@ def teaching_row(seed):
         (m, se), b = mine[name], base[name][0]
         margins.append((m - b) / se)
         cells.append(f"{m:.2f} +- {se:.2f} ({margins[-1]:+.1f})")
-    assert {r["network"] for r in rows} == {f"seed {seed} update 25"}  # the run's last network
+    return cells, margins
+
+
+def teaching_row(seed):
+    """The README's seeds-table row of a teaching run, from its folder: the wall clock and raw env rates of
+    its run.log, the cells against PPO shaped (against_shaped), the verdict (both margins above 2)."""
+    folder = os.path.join(HERE, "results", "door-close-v3_teaching", f"seed{seed}")
+    log = open(os.path.join(folder, "run.log")).read()
+    wall = re.search(r"wall clock (\d+ min \d+ s)", log)[1]
+    rates = re.findall(r"raw rate (?:before|after): (\d+) env-steps/s", log)
+    assert {r["network"] for r in read_csv(os.path.join(folder, "eval.csv"))} == {f"seed {seed} update 25"}
+    cells, margins = against_shaped(folder)
     return [str(seed), f"{wall} ({' / '.join(rates)})", *cells, "yes" if min(margins) > 2 else "no"]
+
+
+def test_teaching_page_exercises_table_is_the_runs():
+    """The teaching page's exercises table, row for row: the unedited seed-1 run, the untrained network and the
+    three exercise runs (results/door-close-v3_teaching_exercises/), each its seed, its cells against PPO shaped
+    (against_shaped) and its training lifetimes' success on episodes 9-12 over updates 21-25 (- without training);
+    each exercise run's console log names the page's edit of that number."""
+    page = open(TEACHING_PAGE).read()
+    (header, rows), = [t for t in markdown_tables(page.splitlines()) if t[0][0] == "change"]
+    exercises = os.path.join(HERE, "results", "door-close-v3_teaching_exercises")
+    folders = [os.path.join(HERE, "results", "door-close-v3_teaching", "seed1"), os.path.join(exercises, "update0"),
+               *[os.path.join(exercises, f"exercise{n}") for n in (1, 2, 3)]]
+    assert len(rows) == len(folders)
+    for row, folder in zip(rows, folders):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        progress = os.path.join(folder, "progress.csv")
+        last5 = read_csv(progress)[20:25] if os.path.exists(progress) else []
+        trained = (f"{np.mean([float(r[f'charts/success_ep{e:02d}']) for r in last5 for e in (9, 10, 11, 12)]):.2f}"
+                   if last5 else "-")
+        seed = read_csv(os.path.join(folder, "eval.csv"))[0]["seed"]
+        assert cells[1:] == [seed, *against_shaped(folder)[0], trained], (cells, folder)
+    for n, (old, new) in enumerate(exercise_edits(), 1):
+        log = open(os.path.join(exercises, f"exercise{n}", "run.log")).read()
+        changed = set(old.splitlines()) ^ set(new.splitlines())  # the lines the edit removes or adds
+        assert changed and all(line.strip() in log for line in changed), n
 
 
 def test_readme_teaching_output_and_seeds_table_are_the_runs():
