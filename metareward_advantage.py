@@ -641,9 +641,11 @@ def evaluation_tasks(args, benchmark):
 
 
 def check_tasks(args, benchmark, trained):
-    """Enough distinct train tasks per class for a meta-batch, and no evaluation goal that the network was
-    meta-trained on (the paper evaluates on held-out tasks); trained: the network's settings."""
+    """Enough distinct train tasks per class for a meta-batch, and no test goal that the network was meta-trained
+    on (the test split is held out); trained: the network's settings. The train split is its training goals."""
     sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, None)
+    if args.eval_split == "train":
+        return  # the network's own goals (print_plan says so)
     same_classes = (trained["benchmark"], trained["env_name"]) == (args.benchmark, args.env_name)
     trained_on = benchmark if same_classes else make_benchmark(
         replace(args, benchmark=trained["benchmark"], env_name=trained["env_name"]), trained["seed"])
@@ -653,8 +655,8 @@ def check_tasks(args, benchmark, trained):
     seen = {goal(task) for task in trained_on.train_tasks}
     overlap = sum(goal(task) in seen for task in evaluation_tasks(args, benchmark))
     if overlap:
-        raise ConfigError(f"{overlap} of the evaluation's {args.eval_split} tasks are goals the network was "
-                          f"meta-trained on (seed {trained['seed']}): evaluate it on held-out goals")
+        raise ConfigError(f"{overlap} of the evaluation's test tasks are goals the network was meta-trained on "
+                          f"(seed {trained['seed']}): evaluate it on held-out goals")
 
 
 class Progress:
@@ -1220,6 +1222,9 @@ def print_plan(args, run_dir, benchmark, trained, mode, ckpt):
           f"{trained['seed']} ({task_name})")
     if trained_on != task_name:  # only when asked for: an evaluated network's task is the default
         print(f"note: a transfer test: the network was meta-trained on {trained_on} and is evaluated on {task_name}")
+    if args.eval_split == "train" and mode in ("meta", "eval"):
+        print("note: the train split holds the goals the network was meta-trained on (the paper's Fig. 3, top row), "
+              "not held-out ones")
     workers = f"{args.num_workers} " + (f"Ray actor(s) on {args.ray_address}" if args.ray_address else "process(es)")
     if mode == "meta":
         todo = args.num_outer_updates - (ckpt["update"] if args.resume else 0)

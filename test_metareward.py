@@ -1036,9 +1036,9 @@ def test_goal_position_is_zero_in_what_agents_and_network_see(spied_run):
 @both
 def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoints, tmp_path, monkeypatch, capsys):
     """The saved network was meta-trained with seed 1. In MetaWorld 3.1.1 ML1(seed=0)'s test goals are
-    ML1(seed=1)'s train goals: evaluated with --seed 0, it must still get seed 1's test goals; and an
-    evaluation on its training goals is refused with one line, before any work. Evaluated on another
-    task (allowed, as a transfer test), the output says so."""
+    ML1(seed=1)'s train goals: evaluated with --seed 0, it must still get seed 1's test goals; test goals
+    it was meta-trained on are refused with one line, before any work. Evaluated on another task (a transfer
+    test) or on the train split (its own training goals, the paper's Fig. 3 top row), the output says so."""
     monkeypatch.chdir(tmp_path)
     path = saved_checkpoints[m]
     one, zero = (cached_make_benchmark(tiny_args(m), seed) for seed in (1, 0))
@@ -1052,13 +1052,20 @@ def test_a_checkpoint_is_evaluated_on_its_own_seeds_test_goals(m, saved_checkpoi
     m.main(tiny_args(m, eval_checkpoint=path, eval_repeats=1, eval_tasks=1, env_name="button-press-v3"))  # transfer
     assert "note: a transfer test: the network was meta-trained on door-close-v3 and is evaluated on button-press-v3" \
         in capsys.readouterr().out
+    seen.clear()
+    m.main(tiny_args(m, eval_checkpoint=path, eval_repeats=1, eval_tasks=2, eval_split="train"))
+    assert [goals(tasks) for tasks in seen] == [goals(one.train_tasks[:2])]
+    assert "note: the train split holds the goals the network was meta-trained on" in capsys.readouterr().out
+    trap = SimpleNamespace(train_classes=one.train_classes, test_classes=one.train_classes,
+                           train_tasks=one.train_tasks, test_tasks=one.train_tasks)  # test goals = training goals
+    monkeypatch.setattr(m, "make_benchmark", lambda *a, **kw: trap)
     runs = sorted(os.listdir("runs"))
-    for argv in (tiny_argv(eval_checkpoint=path, eval_split="train"), tiny_argv(eval_split="train")):  # saved, to train
-        with pytest.raises(SystemExit) as exc:
-            m.cli(argv)
-        err = capsys.readouterr().err.strip()
-        assert exc.value.code == 2 and "\n" not in err and "goals the network was meta-trained on (seed 1)" in err
-        assert sorted(os.listdir("runs")) == runs
+    with pytest.raises(SystemExit) as exc:
+        m.cli(tiny_argv(eval_checkpoint=path))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err and "2 of the evaluation's test tasks are goals the network was " \
+        "meta-trained on (seed 1)" in err
+    assert sorted(os.listdir("runs")) == runs
 
 @both
 def test_meta_anneal_lr_decays_the_outer_learning_rate_linearly_to_zero(m, tmp_path, monkeypatch):
