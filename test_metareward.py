@@ -2319,6 +2319,7 @@ SHIPPED = {
     ("reach-v3", 1): ("reach-v3_seed1_update25.pt", [0.011436, 0.021346, 0.039822, -0.025907, -0.000815]),
     ("reach-v3", 2): ("reach-v3_seed2_update25.pt", [0.004948, -0.036125, -0.039549, -0.068053, -0.090092]),
     ("reach-v3", 3): ("reach-v3_seed3_update25.pt", [0.06663, 0.075934, 0.124373, 0.025772, 0.041971]),
+    ("ML10", 1): ("ML10_seed1_update75.pt", [0.122072, 0.04158, 0.127015, 0.196592, 0.081764]),
 }
 SHIPPED_ADVANTAGE = {
     ("door-close-v3", 1): ("door-close-v3_advantage_seed1_update50.pt", [0.406415, 0.506746, 0.461644, 0.685982, 0.328066]),
@@ -2348,22 +2349,24 @@ def fixed_meta_input(S=20, T=10):
 
 
 def check_shipped_network(m, path, env_name, pinned, settings, seed=1):
-    """A shipped network of script m: meta-trained on env_name with the paper's settings and the given seed, the
-    network's shapes, the outputs it gave when it shipped on a fixed input, and on a short lifetime of
-    one of the task's test goals finite, non-constant outputs that are its mean on what it saw."""
+    """A shipped network of script m: meta-trained on env_name (an ML1 task, or "ML10") with the paper's settings
+    and the given seed, the network's shapes, the outputs it gave when it shipped on a fixed input, and on a short
+    lifetime of one of the benchmark's test goals finite, non-constant outputs that are its mean on what it saw."""
     ckpt = m.load_checkpoint(path)
-    paper = m.Args()
-    m.check_args(paper)  # the defaults filled in (ML1)
+    ml10 = env_name == "ML10"
+    paper = m.Args(benchmark="ML10") if ml10 else m.Args()
+    m.check_args(paper)  # the defaults filled in (ML10's own outer entropy coefficient)
     paper = dataclasses.asdict(paper)
+    settings += ("meta_ent_coef",) if ml10 else ()
     assert {k: ckpt["args"][k] for k in settings} == {k: paper[k] for k in settings}
-    assert ckpt["args"]["env_name"] == env_name and ckpt["args"]["seed"] == seed
+    assert ckpt["args"]["benchmark" if ml10 else "env_name"] == env_name and ckpt["args"]["seed"] == seed
     meta_net = m.load_meta_net(path)
     assert {k: v.shape for k, v in meta_net.state_dict().items()} == \
         {k: v.shape for k, v in m.MetaNet().state_dict().items()}
     with torch.no_grad():
         mean = meta_net(fixed_meta_input(), meta_net.initial_state(1))[0][0]
     assert mean[[0, 5, 10, 12, 19]].tolist() == pytest.approx(pinned, abs=1e-5)
-    bench = ml1_of(env_name)
+    bench = cached_make_benchmark(m.Args(benchmark="ML10"), 1) if ml10 else ml1_of(env_name)
     args = tiny_args(m, lifetimes_per_update=2)
     tasks = m.sample_tasks(bench.test_classes, bench.test_tasks, 2, None)
     batch = m.run_lifetimes(m.EnvGroup(bench.test_classes, args.max_episode_steps), tasks, train_keys(m, 2),
