@@ -1329,6 +1329,8 @@ def test_results_table_and_figure(tmp_path, monkeypatch):
                         f"0.62 +- {np.std([0.75, 0.5], ddof=1):.2f} |")
     # one seed: the error is the standard error over lifetimes
     assert table[3] == "| sparse | - | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | 0.50 +- 0.50 | 0.00 +- 0.00 |"
+    assert pr.results_table(rows, decimals=3)[3] == \
+        "| sparse | - | 1 | 2 | 0.000 +- 0.000 | 0.000 +- 0.000 | 0.500 +- 0.500 | 0.000 +- 0.000 |"
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # matplotlib is optional: a clear error without it
     with pytest.raises(pr.ConfigError, match="pip install matplotlib"):
         pr.plot_results(rows, None, str(tmp_path / "r.png"))
@@ -1772,6 +1774,8 @@ def test_results_tool_prints_the_success_per_class_when_there_are_several():
         "| class | intrinsic, seed 1 update 100: eps 9-12 / det. (lifetimes) | intrinsic, seed 1 update 0: eps 9-12 / "
         "det. (lifetimes) | shaped: eps 9-12 / det. (lifetimes) |", "|---|---|---|---|",
         "| a | 0.25 / 0.75 (2) | 0.25 / 0.25 (1) | - |", "| b | 1.00 / 0.00 (1) | - | 0.25 / 0.75 (1) |"]
+    assert pr.class_table(rows, decimals=3)[2:] == ["| a | 0.250 / 0.750 (2) | 0.250 / 0.250 (1) | - |",
+                                                   "| b | 1.000 / 0.000 (1) | - | 0.250 / 0.750 (1) |"]
 
 
 def test_env_rate_tool_steps_every_env_and_refuses_bad_shares(capsys, monkeypatch):

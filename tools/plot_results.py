@@ -123,7 +123,7 @@ def table_row(rows, columns):
     return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0) for name, x in v.items()}
 
 
-def results_table(rows, per_network=False):
+def results_table(rows, per_network=False, decimals=2):
     """Markdown: one line per method (eval.csv's inner_reward), mean +- error (see table_row); with
     per_network, one line per network instead, for the methods that have several."""
     columns = [c for c in rows[0] if c.startswith("success_")]
@@ -139,11 +139,12 @@ def results_table(rows, per_network=False):
             named = [n for n in networks(group) if n]
             label = f"{method}, {named[0]}" if per_network else method
             lines.append(f"| {label} | {len(named) or '-'} | {len({str(r['seed']) for r in group})} | "
-                         f"{len(group)} | " + " | ".join(f"{m:.2f} +- {e:.2f}" for m, e in cells.values()) + " |")
+                         f"{len(group)} | " + " | ".join(f"{m:.{decimals}f} +- {e:.{decimals}f}" for m, e in cells.values())
+                         + " |")
     return lines
 
 
-def class_table(rows):
+def class_table(rows, decimals=2):
     """Markdown, when the rows span several task classes (ML10): one line per class, one column per method (per
     network where a method has several), the mean success on the last 4 episodes / deterministically over
     its lifetimes on the class, and their count."""
@@ -165,8 +166,8 @@ def class_table(rows):
                 cells.append("-")
                 continue
             values = np.array([[float(r[c]) for c in columns] for r in group])
-            cells.append(f"{values[:, table_spans(columns)[last4]].mean():.2f} / {values[:, -1].mean():.2f} "
-                         f"({len(group)})")
+            cells.append(f"{values[:, table_spans(columns)[last4]].mean():.{decimals}f} / "
+                         f"{values[:, -1].mean():.{decimals}f} ({len(group)})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -323,6 +324,8 @@ def main(argv=None):
     parser.add_argument("--compare-with", nargs="*", default=["shaped"], metavar="BASELINE",
                         help="baselines (eval.csv's inner_reward) each meta-learned method is tested against, over "
                              "the baseline's evaluation seeds; none: only the methods against each other")
+    parser.add_argument("--decimals", type=int, default=2, help="decimals of the results and class tables (ML10's "
+                                                                   "successes are near 0.01: 3)")
     args = parser.parse_args(argv)
     try:
         rows, trace = load_results(args.runs)
@@ -330,15 +333,15 @@ def main(argv=None):
             rows = select_network_seeds(rows, args.network_eval_seeds)
         if not rows:
             raise ConfigError("the eval.csv files hold no rows")
-        print("\n".join(results_table(rows)))
+        print("\n".join(results_table(rows, decimals=args.decimals)))
         note = seed_sets_note(rows)
         if note:
             print(f"note: {note}")
-        per_network = results_table(rows, per_network=True)
+        per_network = results_table(rows, per_network=True, decimals=args.decimals)
         if per_network:
             print("\n" + "\n".join(per_network))
         if len({r["env_name"] for r in rows}) > 1:
-            print("\n" + "\n".join(class_table(rows)))
+            print("\n" + "\n".join(class_table(rows, args.decimals)))
         comparison = network_comparison(rows, args.compare_with)
         if comparison:
             print("\n" + "\n".join(comparison))
