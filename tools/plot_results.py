@@ -271,7 +271,7 @@ def trace_table(trace):
     return lines
 
 
-def plot_results(rows, trace, path):
+def plot_results(rows, trace, path, title="test tasks"):
     """Left: success per episode index (and the deterministic point) per method, mean +- std over
     seeds. Right: the network's signal over the trace's last episode next to the shaped reward."""
     try:
@@ -291,7 +291,7 @@ def plot_results(rows, trace, path):
         ax.errorbar(np.arange(1, len(columns) + 1), per_unit.mean(0), yerr=std, capsize=3, marker="o",
                     label=f"{method} ({len(per_unit)} {unit}{'s' * (len(per_unit) > 1)})")
     ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
-    ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title="test tasks")
+    ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
     ax.legend()
     if trace:
         signal = trace_signal(trace)
@@ -326,6 +326,7 @@ def main(argv=None):
                              "the baseline's evaluation seeds; none: only the methods against each other")
     parser.add_argument("--decimals", type=int, default=2, help="decimals of the results and class tables (ML10's "
                                                                    "successes are near 0.01: 3)")
+    parser.add_argument("--title", default="test tasks", help="the figure's left panel: whose lifetimes these are")
     args = parser.parse_args(argv)
     try:
         rows, trace = load_results(args.runs)
@@ -347,7 +348,7 @@ def main(argv=None):
             print("\n" + "\n".join(comparison))
         if trace:
             print("\n" + "\n".join(trace_table(trace)))
-        plot_results(rows, trace, args.plot_file)
+        plot_results(rows, trace, args.plot_file, args.title)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
