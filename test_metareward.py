@@ -1337,6 +1337,14 @@ def test_results_table_and_figure(tmp_path, monkeypatch):
     monkeypatch.undo()
     pr.plot_results(rows, None, str(tmp_path / "r.png"))  # the tests install matplotlib (README)
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    import matplotlib.figure
+    titles, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **kw: titles.append(fig.axes[0].get_title()) or save(fig, *a, **kw))
+    pr.main([os.path.join(HERE, "results", "ML10", "train_ppo_sparse"), "--title", "train classes",
+             "--plot-file", str(tmp_path / "t.png")])
+    pr.plot_results(rows, None, str(tmp_path / "r.png"))
+    assert titles == ["train classes", "test tasks"]  # --title, and the default
 
 
 def test_error_bars_are_over_networks_when_a_method_has_several():
