@@ -87,19 +87,19 @@ def goals(tasks):
     return [(t.env_name, pickle.loads(t.data)["rand_vec"].tobytes()) for t in tasks]
 
 
-_ml1s = {}
+_seed1_benchmarks = {}
 
 
-def ml1_of(env_name):
-    """MetaWorld's ML1 benchmark of one task (seed 1), built once per test session."""
-    if env_name not in _ml1s:
-        _ml1s[env_name] = metaworld.ML1(env_name, seed=1)
-    return _ml1s[env_name]
+def benchmark_of(name):
+    """MetaWorld's ML1 benchmark of one task, or ML10 (name "ML10"), seed 1, built once per test session."""
+    if name not in _seed1_benchmarks:
+        _seed1_benchmarks[name] = metaworld.ML10(seed=1) if name == "ML10" else metaworld.ML1(name, seed=1)
+    return _seed1_benchmarks[name]
 
 
 @pytest.fixture(scope="module")
 def ml1():
-    return ml1_of("door-close-v3")
+    return benchmark_of("door-close-v3")
 
 
 @pytest.fixture(scope="module", params=[mr, ma], ids=["reward", "advantage"])
@@ -887,7 +887,7 @@ def test_a_lifetime_alone_equals_the_same_lifetime_in_a_batch(m, ml1, evaluation
 
 
 def test_ml10_meta_batch_has_each_class_three_times_with_distinct_goals():
-    ml10 = metaworld.ML10(seed=1)
+    ml10 = benchmark_of("ML10")
     tasks = mr.sample_tasks(ml10.train_classes, ml10.train_tasks, 30, np.random.default_rng(0))
     names = [t.env_name for t in tasks]
     assert sorted(set(names)) == sorted(ml10.train_classes) and all(names.count(c) == 3 for c in set(names))
@@ -2389,7 +2389,7 @@ def check_shipped_network(m, path, env_name, pinned, settings, seed=1):
     with torch.no_grad():
         mean = meta_net(fixed_meta_input(), meta_net.initial_state(1))[0][0]
     assert mean[[0, 5, 10, 12, 19]].tolist() == pytest.approx(pinned, abs=1e-5)
-    bench = cached_make_benchmark(m.Args(benchmark="ML10"), 1) if ml10 else ml1_of(env_name)
+    bench = benchmark_of(env_name)
     args = tiny_args(m, lifetimes_per_update=2)
     tasks = m.sample_tasks(bench.test_classes, bench.test_tasks, 2, None)
     batch = m.run_lifetimes(m.EnvGroup(bench.test_classes, args.max_episode_steps), tasks, train_keys(m, 2),
