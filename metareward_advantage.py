@@ -1004,8 +1004,10 @@ class Run:
 
     def validate(self, update, meta_net):
         """Every --val-every updates, phi's mean teaches --val-tasks fresh agents; the best network is kept. The
-        update's clock stops here: seconds per update leave validation out."""
+        update's clock stops here: seconds per update (and its times, before validation's lifetimes replace them)
+        leave validation out."""
         self.seconds = time.perf_counter() - self.update_start
+        self.times = {**self.lifetimes.times, "outer": self.seconds - self.lifetimes.times["lifetimes"]}
         self.val = {"val/success_last4": "", "val/success_det": ""}
         if not self.args.val_every or update % self.args.val_every:
             return
@@ -1024,14 +1026,14 @@ class Run:
         args, T, columns = self.args, self.args.max_episode_steps, success_columns(self.args)
         success = episode_success(batch["success"], T).mean(0)  # per episode index
         var, error = returns.var(), returns - batch["meta_values"]
-        times = {**self.lifetimes.times, "outer": self.seconds - self.lifetimes.times["lifetimes"]}
         row = {"update": update, "global_step": update * self.steps, "charts/SPS": self.steps / self.seconds,
                "charts/seconds_per_update": self.seconds, **{f"charts/{c}": float(v) for c, v in zip(columns, success)},
                "charts/shaped_return": float(batch["shaped"].view(len(success), -1, T).sum(-1).mean()),
                "charts/meta_action_mean": float(batch["meta_actions"].mean()),
                "charts/meta_action_std": float(batch["meta_actions"].std()),
                "losses/explained_variance": float("nan") if var == 0 else float(1 - error.var() / var),
-               **{f"losses/{k}": v for k, v in stats.items()}, **{f"time/{k}": v for k, v in times.items()}, **self.val}
+               **{f"losses/{k}": v for k, v in stats.items()}, **{f"time/{k}": v for k, v in self.times.items()},
+               **self.val}
         self.rows.append(row)
         write_csv(self.csv, self.rows, list(dict.fromkeys(k for r in self.rows for k in r)))
         if self.tb:

@@ -822,6 +822,13 @@ def untimed(rows):
 @both
 def test_end_to_end_tiny_run(m, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    times, run_lifetimes = [], m.Lifetimes.run
+
+    def run(self, tasks, keys, *rest, **kw):  # the times of each update's training lifetimes, as measured
+        record = run_lifetimes(self, tasks, keys, *rest, **kw)
+        times.extend([dict(self.times)] if keys[0][0] == m.TRAIN else [])
+        return record
+    monkeypatch.setattr(m.Lifetimes, "run", run)
     run_dir = m.main(tiny_args(m, seed=3))
     out = capsys.readouterr().out  # the plan, before the first update's line
     plan = ("meta-training: 2 outer updates x 3 lifetimes x 60 steps = 0.0M env steps in 1 process(es), then the "
@@ -834,6 +841,12 @@ def test_end_to_end_tiny_run(m, tmp_path, monkeypatch, capsys):
         succ = [float(r[f"charts/success_ep{i:02d}"]) for i in range(1, 7)]
         assert all(0.0 <= s <= 1.0 for s in succ)
         assert np.isfinite([float(r[k]) for k in ("losses/value_loss", "losses/policy_loss", "charts/SPS")]).all()
+    # the time/ columns are the update's own lifetimes, not the validation's run after them (val-every 1 here)
+    assert rows[0]["val/success_det"] != "" and len(times) == 2
+    for r, t in zip(rows, times):
+        assert [float(r[f"time/{k}"]) for k in ("lifetimes", "env", "agents")] == \
+            pytest.approx([t["lifetimes"], t["env"], t["agents"]], rel=1e-6)
+        assert float(r["time/outer"]) == pytest.approx(float(r["charts/seconds_per_update"]) - t["lifetimes"], rel=1e-6)
     # the same rows as TensorBoard scalars in the run folder: the CSV's tags, over global_step
     events = tensorboard_scalars(run_dir)
     assert set(events) == {k for k in rows[0] if "/" in k}
