@@ -2367,6 +2367,7 @@ SHIPPED_ADVANTAGE = {
     ("reach-v3", 1): ("reach-v3_advantage_seed1_update50.pt", [0.206084, 0.292497, 0.282998, 0.745714, 0.483643]),
     ("reach-v3", 2): ("reach-v3_advantage_seed2_update25.pt", [0.038883, -0.091628, -0.09217, -0.268147, -0.334068]),
     ("reach-v3", 3): ("reach-v3_advantage_seed3_update50.pt", [-0.334474, -0.433545, -0.472942, -0.481558, -0.432797]),
+    ("ML10", 1): ("ML10_advantage_seed1_update50.pt", [-0.050546, -0.091203, -0.198422, 0.065345, 0.021472]),
 }
 
 
