@@ -142,6 +142,9 @@ class Args:
     # Checkpoints
     save_every: int = 5
     """write the checkpoint every this many outer updates (and at the end)"""
+    keep_every: int = 0
+    """also keep the network every this many outer updates, and the untrained one, as meta_net_uNNN.pt beside
+    checkpoint.pt (0 = never): learning curves afterwards, each file an --eval-checkpoint"""
     resume: Optional[str] = None
     """continue the run of this checkpoint (its settings; --num-outer-updates may extend it)"""
 
@@ -592,7 +595,7 @@ def check_args(args):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         args.num_workers = min(cores, args.lifetimes_per_update)
     ranges = {  # what each flag must be (NaN fails every comparison; None is --eval-tasks' default: all)
-        "at least 0": ("num_outer_updates", lambda x: x >= 0),
+        "at least 0": ("num_outer_updates keep_every", lambda x: x >= 0),
         "at least 1": ("max_episode_steps lifetime_steps steps_per_update lifetimes_per_update "
                        "tbptt_len num_workers update_epochs num_minibatches meta_update_epochs save_every "
                        "eval_repeats eval_deterministic_episodes eval_tasks", lambda x: x is None or x >= 1),
@@ -974,6 +977,7 @@ class Run:
         """A new folder, or (--resume) every piece of state as checkpointed, the CSV rows after it dropped."""
         if self.ckpt is None:
             os.makedirs(self.dir, exist_ok=True)
+            self.keep(0, meta_net)  # the untrained network, update 0 of a learning curve
         else:
             ckpt = self.ckpt
             load_weights(meta_net, ckpt, self.args.resume)
@@ -1055,6 +1059,12 @@ class Run:
                             optimizer=optimizer.state_dict(), normalizer={"count": normalizer.count,
                                                                           "mean": normalizer.mean},
                             rng=rng_state(task_rng), best_val=self.best_val)
+        self.keep(update, meta_net)
+
+    def keep(self, update, meta_net):
+        """Every --keep-every updates (and update 0), the network alone as meta_net_uNNN.pt."""
+        if self.args.keep_every and update % self.args.keep_every == 0:
+            save_checkpoint(os.path.join(self.dir, f"meta_net_u{update:03d}.pt"), self.args, update, meta_net)
 
     def close(self):
         if self.tb:

@@ -1115,6 +1115,40 @@ def test_zero_outer_updates_evaluate_the_network_meta_training_starts_from(m, tm
 
 
 @both
+def test_keep_every_keeps_the_untrained_network_and_every_nth_update(m, tmp_path, monkeypatch):
+    """--keep-every K writes meta_net_uNNN.pt at update 0 (the network meta-training starts from) and at each K-th
+    update, weight for weight the network after that update's outer PPO, each loadable as --eval-checkpoint;
+    off by default."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    nets, real = [], m.outer_ppo_update
+
+    def spy(meta_net, *a):
+        if not nets:
+            nets.append({k: v.clone() for k, v in meta_net.state_dict().items()})  # before update 1
+        stats = real(meta_net, *a)
+        nets.append({k: v.clone() for k, v in meta_net.state_dict().items()})  # after update len(nets) - 1
+        return stats
+
+    monkeypatch.setattr(m, "outer_ppo_update", spy)
+    run = m.main(tiny_args(m, num_outer_updates=4, keep_every=2, save_every=3, val_every=0, eval_repeats=1))
+    kept = sorted(f for f in os.listdir(run) if f.startswith("meta_net_u"))
+    assert kept == ["meta_net_u000.pt", "meta_net_u002.pt", "meta_net_u004.pt"]
+    for name in kept:
+        update = int(name[len("meta_net_u"):-3])
+        ckpt = m.load_checkpoint(os.path.join(run, name))
+        assert ckpt["update"] == update and "optimizer" not in ckpt
+        net = m.load_meta_net(os.path.join(run, name)).state_dict()
+        assert all(torch.equal(net[k], nets[update][k]) for k in net), name
+    assert not all(torch.equal(nets[0][k], nets[2][k]) for k in nets[0])  # the kept networks do differ
+    nets.clear()
+    default = m.main(tiny_args(m, num_outer_updates=2, val_every=0, eval_repeats=1))
+    assert not [f for f in os.listdir(default) if f.startswith("meta_net_u")]
+    with pytest.raises(m.ConfigError, match="--keep-every must be at least 0"):
+        tiny_args(m, keep_every=-1)
+
+
+@both
 def test_eval_network_best_evaluates_the_best_validated_network(m, tmp_path, monkeypatch):
     """--eval-network best: the run's evaluation is that of its meta_net_best.pt (the same eval.csv rows and
     first-lifetime trace as --eval-checkpoint of that file), not of the last network; without a validation
