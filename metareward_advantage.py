@@ -156,15 +156,14 @@ def make_benchmark(args, seed=None):
     return metaworld.ML1(args.env_name, seed=seed) if args.benchmark == "ML1" else metaworld.ML10(seed=seed)
 
 
-def sample_tasks(classes, tasks, n, rng):
+def sample_tasks(classes, tasks, n, rng, flag="--lifetimes-per-update"):
     """Algorithm 1, line 4: n tasks M^i ~ p(M), lifetime i on class i mod C and a distinct goal of it drawn with rng
-    (None: in order)."""
+    (None: in order); flag names n in the error."""
     names = list(classes)
     by_class = {c: [t for t in tasks if t.env_name == c] for c in names}
     need, have = math.ceil(n / len(names)), min(len(v) for v in by_class.values())
     if need > have:
-        raise ConfigError(f"--lifetimes-per-update {n} needs {need} distinct tasks per class, but the "
-                          f"benchmark has only {have}")
+        raise ConfigError(f"{flag} {n} needs {need} distinct tasks per class, but there are only {have}")
     perms = {c: rng.permutation(len(by_class[c])) if rng else np.arange(len(by_class[c])) for c in names}
     return [by_class[names[i % len(names)]][perms[names[i % len(names)]][i // len(names)]] for i in range(n)]
 
@@ -640,7 +639,7 @@ def evaluation_tasks(args, benchmark):
     """The tasks of the final evaluation: the first --eval-tasks of --eval-split, class by class in turn."""
     classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
                       else (benchmark.train_classes, benchmark.train_tasks))
-    return sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None)
+    return sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None, "--eval-tasks")
 
 
 def check_tasks(args, benchmark, trained):
@@ -969,9 +968,10 @@ class Run:
         self.csv, self.steps = os.path.join(run_dir, "progress.csv"), args.lifetimes_per_update * args.lifetime_steps
         self.rows, self.best_val, self.first_update, self.update, self.tb = [], -np.inf, 1, None, None
         self.val_tasks = []
-        if args.val_every:  # fresh goals of the train classes: from the benchmark of another seed
-            val_benchmark = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)
-            self.val_tasks = sample_tasks(val_benchmark.train_classes, val_benchmark.train_tasks, args.val_tasks, None)
+        if args.val_every:  # fresh goals of the train classes: the train, then test goals of another seed's benchmark
+            val = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)  # (ML1 has 50 of each: Table 2's 60 fit)
+            self.val_tasks = sample_tasks(val.train_classes, val.train_tasks + val.test_tasks, args.val_tasks, None,
+                                          "--val-tasks")
 
     def restore(self, meta_net, optimizer, normalizer, task_rng):
         """A new folder, or (--resume) every piece of state as checkpointed, the CSV rows after it dropped."""

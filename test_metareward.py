@@ -1035,6 +1035,20 @@ def test_evaluation_on_test_goals_and_validation_on_fresh_goals(spied_run):
     assert len(set(final)) == args.eval_tasks and set(final) <= test and not set(final) & train
 
 
+@both
+def test_table_2s_60_validation_lifetimes_have_60_fresh_goals(m, monkeypatch):
+    """--val-tasks 60 (Table 2) on ML1, whose benchmark has 50 train goals: 60 distinct goals of another seed's
+    benchmark, its train goals first (the same 10 as --val-tasks 10), none a train or test goal of the run."""
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    args = tiny_args(m, val_tasks=60)
+    run = m.Run(args, "unused", None, None, "cpu")
+    benchmark, val = cached_make_benchmark(args), cached_make_benchmark(args, args.seed + m.VALIDATION_SEED_OFFSET)
+    assert len(set(goals(run.val_tasks))) == 60
+    assert goals(run.val_tasks) == goals(val.train_tasks + val.test_tasks[:10])
+    assert not set(goals(run.val_tasks)) & set(goals(benchmark.train_tasks + benchmark.test_tasks))
+    assert goals(m.Run(tiny_args(m, val_tasks=10), "unused", None, None, "cpu").val_tasks) == goals(run.val_tasks[:10])
+
+
 def test_goal_position_is_zero_in_what_agents_and_network_see(spied_run):
     """Observations (the agents' input, and the first 39 numbers of the network's) have the goal
     position, obs[36:39], zeroed, in training, validation and evaluation lifetimes."""
@@ -1209,7 +1223,9 @@ def test_workers_default_to_the_cores_at_most_one_per_lifetime(m, monkeypatch):
     (["--lifetime-steps", "5000"], "--lifetime-steps 5000 is not a multiple of --steps-per-update 2000"),
     (["--steps-per-update", "1800", "--lifetime-steps", "5400"], "not a multiple of the episode length"),
     (["--tbptt-len", "7000"], "--tbptt-len 7000 is larger than"),
-    (["--lifetimes-per-update", "51"], "needs 51 distinct tasks per class, but the benchmark has only 50"),
+    (["--lifetimes-per-update", "51"], "--lifetimes-per-update 51 needs 51 distinct tasks per class, but there are only 50"),
+    (["--eval-tasks", "51"], "--eval-tasks 51 needs 51 distinct tasks per class, but there are only 50"),
+    (["--val-tasks", "101"], "--val-tasks 101 needs 101 distinct tasks per class, but there are only 100"),
     (["--meta-nsteps", "6000"], "horizon 6000 must lie in"),
     (["--eval-seeds", "2", "2"], "--eval-seeds repeats a seed: 2 2"),
 ])
