@@ -13,12 +13,13 @@ import multiprocessing.connection
 import os
 import pickle
 import random
+import shutil
 import signal
 import socket
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Optional, Tuple
 
 import metaworld
@@ -579,6 +580,10 @@ class WorkerLost(RuntimeError):
     for --resume."""
 
 
+class WriteError(RuntimeError):
+    """A file that could not be written (a full disk, a read-only folder): one line naming it and what is whole."""
+
+
 class Stopped(KeyboardInterrupt):
     """SIGTERM (from a scheduler, `timeout`, `kill`), raised as Ctrl-C's KeyboardInterrupt: one line, no traceback."""
 
@@ -595,6 +600,7 @@ def check_args(args):
         args.num_workers = min(cores, args.lifetimes_per_update)
     ranges = {  # what each flag must be (NaN fails every comparison; None is --eval-tasks' default: all)
         "at least 0": ("num_outer_updates keep_every", lambda x: x >= 0),
+        "in [0, 2**32 - 1] (numpy's seeds)": ("seed", lambda x: 0 <= x < 2**32),
         "at least 1": ("max_episode_steps lifetime_steps steps_per_update lifetimes_per_update "
                        "tbptt_len num_workers update_epochs num_minibatches meta_update_epochs save_every "
                        "eval_repeats eval_deterministic_episodes eval_tasks", lambda x: x is None or x >= 1),
@@ -608,22 +614,24 @@ def check_args(args):
             if not valid(getattr(args, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
     L, U, T = args.lifetime_steps, args.steps_per_update, args.max_episode_steps
+    training = not args.eval_checkpoint and args.num_outer_updates > 0
     checks = [  # (bad, message), in order
-        (args.val_every < 0 or (args.val_every and args.val_tasks < 1), "--val-every must be at least 0 and "
-         f"--val-tasks at least 1 when validating, got {args.val_every} and {args.val_tasks}"),
+        (training and (args.val_every < 0 or (args.val_every and args.val_tasks < 1)), "--val-every must be at least "
+         f"0 and --val-tasks at least 1 when validating, got {args.val_every} and {args.val_tasks}"),
         (L % U, f"--lifetime-steps {L} is not a multiple of --steps-per-update {U}"),
         (U % T, f"--steps-per-update {U} is not a multiple of the episode length --max-episode-steps {T}"),
         (L // U < 2, "a lifetime needs at least one inner update and a block after it: "
          "--lifetime-steps must be at least 2 x --steps-per-update"),
         (U % args.num_minibatches, f"--steps-per-update {U} is not divisible by --num-minibatches "
          f"{args.num_minibatches}"),
-        (args.tbptt_len > L, f"--tbptt-len {args.tbptt_len} is larger than the {L} steps the outer PPO replays")]
-    checks += [(not 0 < n < L, f"meta n-step horizon {n} must lie in [1, --lifetime-steps)")
-               for n in args.meta_nsteps + args.meta_nsteps_fallback]
+        (training and args.tbptt_len > L, f"--tbptt-len {args.tbptt_len} is larger than the {L} steps the outer PPO "
+         "replays")]
+    checks += [(training and not 0 < n < L, f"meta n-step horizon {n} must lie in [1, --lifetime-steps)")
+               for n in tuple(args.meta_nsteps) + tuple(args.meta_nsteps_fallback)]
     checks += [
         (len(set(args.eval_seeds)) < len(args.eval_seeds),
          f"--eval-seeds repeats a seed: {' '.join(map(str, args.eval_seeds))}"),
-        (args.eval_network == "best" and not 0 < args.val_every <= args.num_outer_updates,
+        (training and args.eval_network == "best" and not 0 < args.val_every <= args.num_outer_updates,
          f"--eval-network best needs a validation: --val-every between 1 and --num-outer-updates "
          f"({args.num_outer_updates}), got {args.val_every}"),
         ((args.num_workers or 0) > args.lifetimes_per_update,
@@ -836,6 +844,9 @@ class Lifetimes:
                 proc.kill()
 
 
+RAY_WAIT = 10  # seconds a Ray head has to answer --ray-address
+
+
 class RayLifetimes(Lifetimes):
     """Lifetimes on a Ray cluster (--ray-address): --num-workers actors of one CPU each, each living a share whole;
     phi is put in the object store once per call. Progress comes when the slowest share is done."""
@@ -846,16 +857,23 @@ class RayLifetimes(Lifetimes):
         except ImportError:
             raise ConfigError("--ray-address needs Ray: pip install ray==2.60.0") from None
         self.ray, self.actors, self.times = ray, [], {}
-        if args.ray_address != "auto":  # ray.init would wait for an absent head forever
+        if args.ray_address != "auto":  # ray.init would retry for about 14 minutes where no head answers
             host, _, port = args.ray_address.split("://")[-1].rpartition(":")
-            try:
-                socket.create_connection((host, int(port)), timeout=10).close()
+            try:  # a Ray head (gRPC) answers HTTP/2's client preface with a SETTINGS frame (RFC 9113, 3.4)
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_WAIT) as s:
+                    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\4\0\0\0\0\0")
+                    if s.recv(9)[3:4] != b"\x04":
+                        raise ConnectionError("what answers does not speak gRPC")
             except (OSError, ValueError) as e:
-                raise ConfigError(f"--ray-address {args.ray_address}: no Ray head answers there ({e})") from None
+                raise ConfigError(f"--ray-address {args.ray_address}: no Ray head answers there "
+                                  f"({f'no answer in {RAY_WAIT} s' if isinstance(e, TimeoutError) else e})") from None
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=args.ray_address)
         except (ConnectionError, ValueError) as e:
             raise ConfigError(f"--ray-address {args.ray_address}: {str(e).strip().splitlines()[0]}") from None
+        finally:  # ray.init installs its own SIGTERM handler (sys.exit): ours gives the one line and exit 143
+            signal.signal(signal.SIGTERM, sigterm)
         cpus = int(ray.cluster_resources().get("CPU", 0))
         args.num_workers = args.num_workers or min(cpus, args.lifetimes_per_update)
         if not 1 <= args.num_workers <= cpus:  # an actor beyond the CPUs would wait for one forever
@@ -887,6 +905,7 @@ class RayLifetimes(Lifetimes):
         for actor in self.actors:
             self.ray.kill(actor)
         self.ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))  # shutdown resets it in C, not in Python
 
 
 # Checkpoints: written atomically; --resume restores every piece of state, so a resumed run is the same run ----------
@@ -908,6 +927,9 @@ def write_atomically(path, write, mode="w"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        raise WriteError(f"cannot write {path}: {e.strerror if isinstance(e, OSError) else 'cut short'} "
+                         f"({shutil.disk_usage(os.path.dirname(path) or '.').free // 2**20} MB free)") from None
     finally:
         if os.path.exists(path + ".tmp"):  # an error while writing (a full disk)
             os.remove(path + ".tmp")
@@ -963,20 +985,15 @@ class Run:
     """A meta-training run's folder, beside Algorithm 1: progress.csv and TensorBoard rows, the validation that keeps
     the best network, the checkpoint every --save-every updates, and --resume from it."""
 
-    def __init__(self, args, run_dir, benchmark, lifetimes, device, ckpt=None):
+    def __init__(self, args, run_dir, val_tasks, lifetimes, device, ckpt=None):
         self.args, self.dir, self.lifetimes, self.device, self.ckpt = args, run_dir, lifetimes, device, ckpt
         self.csv, self.steps = os.path.join(run_dir, "progress.csv"), args.lifetimes_per_update * args.lifetime_steps
         self.rows, self.best_val, self.first_update, self.update, self.tb = [], -np.inf, 1, None, None
-        self.val_tasks = []
-        if args.val_every:  # fresh goals of the train classes: the train, then test goals of another seed's benchmark
-            val = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)  # (ML1 has 50 of each: Table 2's 60 fit)
-            self.val_tasks = sample_tasks(val.train_classes, val.train_tasks + val.test_tasks, args.val_tasks, None,
-                                          "--val-tasks")
+        self.val_tasks = val_tasks
 
     def restore(self, meta_net, optimizer, normalizer, task_rng):
         """A new folder, or (--resume) every piece of state as checkpointed, the CSV rows after it dropped."""
         if self.ckpt is None:
-            os.makedirs(self.dir, exist_ok=True)
             self.keep(0, meta_net)  # the untrained network, update 0 of a learning curve
         else:
             ckpt = self.ckpt
@@ -989,6 +1006,12 @@ class Run:
                 raise ConfigError(f"the run folder of {self.args.resume} has no progress.csv to continue")
             with open(self.csv, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["update"]) <= ckpt["update"]]
+            if [int(r["update"]) for r in self.rows] != list(range(1, ckpt["update"] + 1)):
+                raise ConfigError(f"{self.csv} lacks rows of updates 1-{ckpt['update']}, which {self.args.resume} "
+                                  "holds (cut short?): restore it to continue the run")
+            for name in os.listdir(self.dir):  # what a killed write left
+                if name.endswith(".tmp"):
+                    os.remove(os.path.join(self.dir, name))
         try:  # the rows as TensorBoard scalars too (`tensorboard --logdir runs`) when tensorboard is installed
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(self.dir, purge_step=self.first_update * self.steps if self.ckpt else None)
@@ -1115,15 +1138,25 @@ def write_csv(path, rows, fieldnames=None):
     write_atomically(path, write)
 
 
-def write_trace(path, record, args):
-    """Per step of one evaluation lifetime, A^m next to the shaped and sparse rewards; their correlations."""
-    L, signal = args.lifetime_steps, record["meta_actions"]
-    columns = {"meta_advantage": signal, "shaped_reward": record["shaped"][:L],
-               "sparse_reward": record["sparse"][:L], "success": record["success"][:L]}
-    write_csv(path, [{"step": t, "episode": t // args.max_episode_steps + 1,
-                      **{k: float(v[t]) for k, v in columns.items()}} for t in range(L)])
+def trace_columns(record, args):
+    """Per step of one evaluation lifetime, A^m next to the shaped and sparse rewards and the success."""
+    L = args.lifetime_steps
+    return {"meta_advantage": record["meta_actions"], "shaped_reward": record["shaped"][:L],
+            "sparse_reward": record["sparse"][:L], "success": record["success"][:L]}
+
+
+def trace_correlations(record, args):
+    """corr(A^m, shaped) and corr(A^m, sparse) over one lifetime (NaN where one is constant)."""
+    columns = trace_columns(record, args)
+    signal = columns["meta_advantage"]
     return tuple(float(np.corrcoef(signal, other)[0, 1]) if signal.std() > 0 and other.std() > 0 else float("nan")
                  for other in (columns["shaped_reward"], columns["sparse_reward"]))
+
+
+def write_trace(path, record, args):
+    columns = trace_columns(record, args)
+    write_csv(path, [{"step": t, "episode": t // args.max_episode_steps + 1,
+                      **{k: float(v[t]) for k, v in columns.items()}} for t in range(args.lifetime_steps)])
 
 
 def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net, network=""):
@@ -1135,33 +1168,48 @@ def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net, network=""):
         seed_rows, record = evaluate(lifetimes, tasks, meta_net, args, args.eval_repeats, seed)
         rows += [{**row, "inner_reward": method, "network": network} for row in seed_rows]
         first = first or record
-        write_csv(os.path.join(run_dir, "eval.csv"), rows)
-        write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, columns))
-    spread = f"std over {len(seeds)} evaluation seeds" if len(seeds) > 1 else "standard error over lifetimes"
-    print(f"evaluation ({method}, {args.eval_split} tasks): success rate over {len(rows)} lifetimes on {len(tasks)} "
-          f"tasks (mean +- {spread})")
-    print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
-    print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
-    if meta_net is not None:  # the network's signal in the first lifetime, beside the shaped and sparse rewards
-        c_shaped, c_sparse = write_trace(os.path.join(run_dir, TRACE_FILE), first, args)
-        print(f"  first lifetime: corr({method}, shaped) = {c_shaped:.3f}, corr({method}, sparse) = {c_sparse:.3f}")
+        try:
+            if seed == seeds[-1]:  # the results on the terminal first: a failed write loses none of them
+                print_results(args, rows, len(tasks), len(seeds), first, meta_net)
+            write_csv(os.path.join(run_dir, "eval.csv"), rows)
+            write_csv(os.path.join(run_dir, "eval_summary.csv"), summarize(rows, columns))
+        except WriteError:
+            if seed != seeds[-1]:
+                print_results(args, rows, len(tasks), len(seeds), first, meta_net)
+            raise
+    if meta_net is not None:
+        write_trace(os.path.join(run_dir, TRACE_FILE), first, args)
     print(f"wrote {os.path.join(run_dir, 'eval.csv')}")
     return rows
 
 
+def print_results(args, rows, n_tasks, n_seeds, first, meta_net):
+    """The paper's table row over the rows so far, the success per episode, and the first lifetime's correlations."""
+    method, columns = "advantage", success_columns(args)
+    seeds = len({r["seed"] for r in rows})
+    spread = f"std over {seeds} evaluation seeds" if seeds > 1 else "standard error over lifetimes"
+    print(f"evaluation ({method}, {args.eval_split} tasks): success rate over {len(rows)} lifetimes on {n_tasks} "
+          f"tasks (mean +- {spread}){'' if seeds == n_seeds else f'; {seeds} of {n_seeds} seeds'}")
+    print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
+    print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
+    if meta_net is not None:  # the network's signal in the first lifetime, beside the shaped and sparse rewards
+        c_shaped, c_sparse = trace_correlations(first, args)
+        print(f"  first lifetime: corr({method}, shaped) = {c_shaped:.3f}, corr({method}, sparse) = {c_sparse:.3f}")
+
+
 # main: one run (meta-training then its evaluation, or the evaluation of a saved network or of a baseline) ------------
-def main(args):
+RESUME_FLAGS = ("resume", "num_workers", "ray_address", "cuda", "num_outer_updates")  # what --resume may set
+
+
+def main(args, given=()):
+    """given: the flags named on the command line (cli); those that differ from the defaults count as given too."""
     path = args.resume or args.eval_checkpoint
     ckpt = load_checkpoint(path) if path else None
-    if args.resume:  # the checkpoint's settings; only these four may change
-        if "optimizer" not in ckpt:
-            raise ConfigError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
-        try:  # older checkpoints also hold --plot's settings (now tools/plot_results.py)
-            saved = Args(**{k: v for k, v in ckpt["args"].items() if k not in ("plot", "plot_file")})
-        except TypeError as e:
-            raise ConfigError(f"{args.resume} has settings this script does not know: {e}")
-        args = replace(saved, resume=args.resume, num_workers=args.num_workers, ray_address=args.ray_address,
-                       cuda=args.cuda, num_outer_updates=args.num_outer_updates or saved.num_outer_updates)
+    given = set(given) | {f.name for f in fields(Args) if getattr(args, f.name) != getattr(Args, f.name, None)}
+    if args.resume:
+        args = resumed_args(args, ckpt, given)
+    elif "env_name" in given and (args.benchmark or (ckpt["args"]["benchmark"] if ckpt else "ML1")) == "ML10":
+        raise ConfigError(f"--env-name {args.env_name} names an ML1 task; ML10 has its own classes: drop one of them")
     if args.eval_checkpoint:  # the network's benchmark and task, unless given (then a transfer test)
         args = replace(args, benchmark=args.benchmark or ckpt["args"]["benchmark"],
                        env_name=args.env_name or ckpt["args"]["env_name"])
@@ -1176,31 +1224,33 @@ def main(args):
     check_tasks(args, benchmark, trained)
     mode = "eval" if args.eval_checkpoint else "meta"
     task_name = args.env_name if args.benchmark == "ML1" else "ML10"
-    run_dir = (os.path.dirname(args.resume) if args.resume else
-               os.path.join("runs", f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}"))
+    val_tasks = validation_tasks(args) if mode == "meta" and args.val_every else []
     meta_net = load_meta_net(args.eval_checkpoint, device, ckpt) if args.eval_checkpoint else None
     lifetimes = (RayLifetimes if args.ray_address else Lifetimes)({**benchmark.train_classes,
                                                                    **benchmark.test_classes}, args)
     network = "" if mode not in ("meta", "eval") else \
         f"seed {trained['seed']} update {ckpt['update'] if mode == 'eval' else args.num_outer_updates}"
-    run, evaluating = None, False
+    run, run_dir, evaluating = None, None, False
     try:
+        run_dir = os.path.dirname(args.resume) if args.resume else new_run_dir(
+            f"{task_name}__{args.exp_name}__{mode}__{args.seed}__{int(time.time())}")
         print_plan(args, run_dir, benchmark, trained, mode, ckpt)
         if mode == "meta":
-            run = Run(args, run_dir, benchmark, lifetimes, device, ckpt if args.resume else None)
+            run = Run(args, run_dir, val_tasks, lifetimes, device, ckpt if args.resume else None)
             meta_net = meta_train(args, benchmark, lifetimes, run)
             if args.eval_network == "best":  # the best validated network instead of the last
                 best = os.path.join(run_dir, "meta_net_best.pt")
                 meta_net, update = load_meta_net(best, device), load_checkpoint(best)["update"]
                 network = f"seed {args.seed} update {update}"
                 print(f"evaluating the best validated network, update {update} ({best})")
-        os.makedirs(run_dir, exist_ok=True)
         evaluating = True
         run_evaluation(args, run_dir, benchmark, lifetimes, meta_net, network)
-    except (FloatingPointError, WorkerLost, KeyboardInterrupt) as e:
+    except (FloatingPointError, WorkerLost, WriteError, KeyboardInterrupt) as e:
         where = f"update {run.update}" if run and run.update else "the evaluation" if evaluating else "the start"
-        if isinstance(e, KeyboardInterrupt):
-            e = type(e)(f"stopped by {'SIGTERM' if isinstance(e, Stopped) else 'Ctrl-C'} in {where}")
+        if isinstance(e, KeyboardInterrupt):  # Ray's waits turn our Stopped into a KeyboardInterrupt: SIGTERMS
+            sigterm = isinstance(e, Stopped) or bool(SIGTERMS)
+            e = (Stopped if sigterm else KeyboardInterrupt)(
+                f"stopped by {'SIGTERM' if sigterm else 'Ctrl-C'} in {where}")
         else:
             e = type(e)(f"{where}: {e}")
         raise type(e)(f"{e}; {how_to_continue(args, run_dir, mode, evaluating)}") from None
@@ -1211,8 +1261,59 @@ def main(args):
     return run_dir
 
 
+def resumed_args(args, ckpt, given):
+    """--resume: the checkpoint's settings, of which only RESUME_FLAGS may change; another flag given with a value
+    that differs from the run's is refused (it would be ignored), and so is ending before the checkpoint's update."""
+    if "optimizer" not in ckpt:
+        raise ConfigError(f"{args.resume} holds only a network; --resume needs a run's checkpoint.pt")
+    try:  # older checkpoints also hold --plot's settings (now tools/plot_results.py)
+        saved = Args(**{k: v for k, v in ckpt["args"].items() if k not in ("plot", "plot_file")})
+    except TypeError as e:
+        raise ConfigError(f"{args.resume} has settings this script does not know: {e}")
+
+    def value(a, name):  # a checkpoint stores tuples as lists
+        v = getattr(a, name)
+        return tuple(v) if isinstance(v, list) else v
+    ignored = [f"--{n.replace('_', '-')} {value(args, n)} (the run's: {value(saved, n)})" for n in sorted(given)
+               if n not in RESUME_FLAGS and value(args, n) != value(saved, n)]
+    if ignored:
+        raise ConfigError(f"--resume continues the run with its own settings, not {', '.join(ignored)}; only "
+                          f"{', '.join('--' + n.replace('_', '-') for n in RESUME_FLAGS[1:])} may change")
+    updates = saved.num_outer_updates if args.num_outer_updates is None else args.num_outer_updates
+    if updates < ckpt["update"]:
+        raise ConfigError(f"--num-outer-updates {updates}: {args.resume} already holds update {ckpt['update']}")
+    return replace(saved, resume=args.resume, num_workers=args.num_workers, ray_address=args.ray_address,
+                   cuda=args.cuda, num_outer_updates=updates)
+
+
+def validation_tasks(args):
+    """Fresh goals of the train classes: the train, then the test goals of another seed's benchmark (ML1 has 50 of
+    each, so Table 2's 60 lifetimes fit)."""
+    val = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)
+    return sample_tasks(val.train_classes, val.train_tasks + val.test_tasks, args.val_tasks, None, "--val-tasks")
+
+
+def new_run_dir(name):
+    """runs/NAME created here, or runs/NAME-2, -3, ... if another run owns it (two runs started in the same second
+    never share a folder: mkdir is exclusive)."""
+    path = os.path.join("runs", name)
+    try:
+        os.makedirs("runs", exist_ok=True)
+        for k in range(2, 1000):
+            try:
+                os.mkdir(path)
+                return path
+            except FileExistsError:
+                path = os.path.join("runs", f"{name}-{k}")
+    except OSError as e:
+        raise ConfigError(f"cannot create the run folder {path}: {e.strerror}") from None
+    raise ConfigError(f"cannot create the run folder {path}: 999 runs of this name")
+
+
 def how_to_continue(args, run_dir, mode, evaluating):
     """What a stopped run keeps, and the command that continues it."""
+    if run_dir is None:
+        return "nothing was written"
     checkpoint = os.path.join(run_dir, "checkpoint.pt")
     if mode == "meta" and not evaluating:
         if not os.path.isfile(checkpoint):
@@ -1251,11 +1352,14 @@ def print_plan(args, run_dir, benchmark, trained, mode, ckpt):
 
 def cli(argv=None):
     """Parse the command line and run; bad input exits with one line and status 2."""
+    argv = sys.argv[1:] if argv is None else argv
     args = tyro.cli(Args, args=argv)
+    names = {word[2:].split("=")[0].replace("-", "_") for word in argv if word.startswith("--")}
     stop = signal.signal(signal.SIGTERM, raise_stopped)
     try:
-        return main(args)
-    except (ConfigError, FloatingPointError, WorkerLost) as e:
+        return main(args, {n.removeprefix("no_") if n.removeprefix("no_") in Args.__dataclass_fields__ else n
+                           for n in names})
+    except (ConfigError, FloatingPointError, WorkerLost, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM, made one line by main
@@ -1265,7 +1369,11 @@ def cli(argv=None):
         signal.signal(signal.SIGTERM, stop)
 
 
+SIGTERMS = []  # each SIGTERM received (Ray's waits re-raise Stopped as a plain KeyboardInterrupt)
+
+
 def raise_stopped(signum, frame):
+    SIGTERMS.append(signum)
     raise Stopped()
 
 

@@ -11,9 +11,13 @@ import math
 import os
 import pickle
 import re
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import typing
 from types import SimpleNamespace
@@ -1041,12 +1045,12 @@ def test_table_2s_60_validation_lifetimes_have_60_fresh_goals(m, monkeypatch):
     benchmark, its train goals first (the same 10 as --val-tasks 10), none a train or test goal of the run."""
     monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
     args = tiny_args(m, val_tasks=60)
-    run = m.Run(args, "unused", None, None, "cpu")
+    tasks = m.validation_tasks(args)
     benchmark, val = cached_make_benchmark(args), cached_make_benchmark(args, args.seed + m.VALIDATION_SEED_OFFSET)
-    assert len(set(goals(run.val_tasks))) == 60
-    assert goals(run.val_tasks) == goals(val.train_tasks + val.test_tasks[:10])
-    assert not set(goals(run.val_tasks)) & set(goals(benchmark.train_tasks + benchmark.test_tasks))
-    assert goals(m.Run(tiny_args(m, val_tasks=10), "unused", None, None, "cpu").val_tasks) == goals(run.val_tasks[:10])
+    assert len(set(goals(tasks))) == 60
+    assert goals(tasks) == goals(val.train_tasks + val.test_tasks[:10])
+    assert not set(goals(tasks)) & set(goals(benchmark.train_tasks + benchmark.test_tasks))
+    assert goals(m.validation_tasks(tiny_args(m, val_tasks=10))) == goals(tasks[:10])
 
 
 def test_goal_position_is_zero_in_what_agents_and_network_see(spied_run):
@@ -2082,6 +2086,173 @@ def test_step_is_forward(m):
     torch.testing.assert_close(torch.stack(stepped, 1), torch.stack([mean, std, value], -1), atol=1e-5, rtol=0)
 
 
+# Faults: runs that must not mix, flags --resume would ignore, a full disk -------------------------------------------
+@both
+def test_two_runs_started_in_the_same_second_get_two_folders(m, tmp_path, monkeypatch):
+    """Same exp-name and seed, the same second (time.time pinned): the second run gets runs/NAME-2, each folder
+    holds one whole run; concurrent claims of one name (threads) all get their own folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    monkeypatch.setattr(m.time, "time", lambda: 1_800_000_000.0)
+    first = m.main(tiny_args(m, num_outer_updates=1, val_every=0, eval_repeats=1))
+    second = m.main(tiny_args(m, num_outer_updates=1, val_every=0, eval_repeats=1, learning_rate=1e-3))
+    assert second == first + "-2"
+    for run, lr in ((first, "0.0003"), (second, "0.001")):
+        assert m.load_checkpoint(os.path.join(run, "checkpoint.pt"))["args"]["learning_rate"] == float(lr)
+        assert len(read_csv(os.path.join(run, "progress.csv"))) == 1
+    claims = []
+    threads = [threading.Thread(target=lambda: claims.append(m.new_run_dir("same"))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(claims)) == 16 and all(os.path.isdir(c) for c in claims)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "runs").write_text("a file where the runs folder should be")
+    with pytest.raises(m.ConfigError, match=r"cannot create the run folder runs/x: "):
+        m.new_run_dir("x")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", "7"], "--resume continues the run with its own settings, not --seed 7 (the run's: 1)"),
+    (["--env-name", "reach-v3", "--lifetimes-per-update", "2"],
+     "not --env-name reach-v3 (the run's: door-close-v3), --lifetimes-per-update 2 (the run's: 3)"),
+    (["--no-norm-adv"], "not --norm-adv False (the run's: True)"),
+    (["--num-outer-updates", "0"], "--num-outer-updates 0: {checkpoint} already holds update 1"),
+])
+@both
+def test_resume_refuses_flags_it_would_ignore_and_fewer_updates(m, extra, message, saved_checkpoints, tmp_path,
+                                                                capsys, monkeypatch):
+    """--resume with a setting it would not use (another value than the run's) or fewer updates than the checkpoint
+    holds: one line, exit status 2, nothing run or rewritten. The run's own value, or what may change, is fine."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    run = tmp_path / "run"
+    shutil.copytree(os.path.dirname(saved_checkpoints[m]), run)
+    checkpoint = str(run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(SystemExit) as exc:
+        m.cli(["--resume", checkpoint, *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message.format(checkpoint=checkpoint) in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    args = m.resumed_args(m.Args(resume=checkpoint, seed=1, num_workers=1), m.load_checkpoint(checkpoint),
+                          {"seed", "num_workers", "resume"})  # the run's own seed: accepted
+    assert args.num_workers == 1 and args.lifetimes_per_update == 3
+
+
+@both
+def test_smaller_faults_are_one_line_each(m, saved_checkpoints, tmp_path, capsys, monkeypatch):
+    """A seed outside numpy's range; --env-name with ML10; an evaluation that has no outer PPO is not held to the
+    outer PPO's checks; a progress.csv cut short is refused on --resume; a killed write's *.tmp is removed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    for argv, message in ((["--seed", "-1"], "--seed must be in [0, 2**32 - 1] (numpy's seeds), got -1"),
+                          (["--benchmark", "ML10", "--env-name", "reach-v3"],
+                           "--env-name reach-v3 names an ML1 task; ML10 has its own classes")):
+        with pytest.raises(SystemExit):
+            m.cli(argv)
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, err
+    network = saved_checkpoints[m]
+    short = dict(tbptt_len=400, lifetime_steps=60, steps_per_update=20, max_episode_steps=10, num_minibatches=2,
+                 lifetimes_per_update=3)
+    m.check_args(m.Args(eval_checkpoint=network, meta_nsteps=(2200,), **short))  # no outer PPO: not its checks
+    with pytest.raises(m.ConfigError, match="--tbptt-len 400 is larger"):
+        m.check_args(m.Args(**short))
+    run = tmp_path / "run"
+    shutil.copytree(os.path.dirname(network), run)
+    (run / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")
+    m.main(m.Args(resume=str(run / "checkpoint.pt"), num_outer_updates=3))
+    assert not list(run.glob("*.tmp"))
+    rows = (run / "progress.csv").read_text().splitlines()
+    (run / "progress.csv").write_text("\n".join(rows[:2]) + "\n")  # the header and update 1 of 3
+    with pytest.raises(m.ConfigError, match=r"progress.csv lacks rows of updates 1-3, which .* holds \(cut short"):
+        m.main(m.Args(resume=str(run / "checkpoint.pt"), num_outer_updates=4))
+
+
+@both
+def test_a_resume_between_two_validations_keeps_the_best_network_and_the_score_to_beat(m, tmp_path, monkeypatch):
+    """Validations at updates 2 and 4 scoring 0.5 then 0.25, the run stopped in update 3 and resumed: its
+    meta_net_best.pt (update, score, weights) and the checkpoint's best score are the uninterrupted run's."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    scores, current, calls = {2: 0.5, 4: 0.25}, [], []
+    real_validate, real_evaluate, real_update = m.Run.validate, m.evaluate, m.outer_ppo_update
+    monkeypatch.setattr(m.Run, "validate", lambda run, update, net: current.append(update) or
+                        real_validate(run, update, net))
+
+    def evaluate(lifetimes, tasks, net, args, repeats, seed, kind=m.EVALUATION):  # validation scored by update
+        if kind != m.VALIDATION:
+            return real_evaluate(lifetimes, tasks, net, args, repeats, seed, kind)
+        return [{c: scores[current[-1]] for c in m.success_columns(args)} for _ in tasks], None
+    monkeypatch.setattr(m, "evaluate", evaluate)
+    args = dict(num_outer_updates=4, val_every=2, save_every=1, eval_tasks=1, eval_repeats=1)
+    straight = m.main(tiny_args(m, exp_name="straight", **args))
+
+    def stop_in_update_3(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_update(*a)
+    monkeypatch.setattr(m, "outer_ppo_update", stop_in_update_3)
+    with pytest.raises(KeyboardInterrupt):
+        m.main(tiny_args(m, exp_name="stopped", **args))
+    monkeypatch.setattr(m, "outer_ppo_update", real_update)
+    stopped = next(str(d) for d in (tmp_path / "runs").iterdir() if "stopped" in d.name)
+    assert m.load_checkpoint(os.path.join(stopped, "checkpoint.pt"))["update"] == 2
+    resumed = m.main(m.Args(resume=os.path.join(stopped, "checkpoint.pt")))
+    a, b = (m.load_checkpoint(os.path.join(d, "meta_net_best.pt")) for d in (straight, resumed))
+    assert a["update"] == b["update"] == 2 and a["val_score"] == b["val_score"] == 0.5
+    assert all(torch.equal(a["meta_net"][k], b["meta_net"][k]) for k in a["meta_net"])
+    assert [m.load_checkpoint(os.path.join(d, "checkpoint.pt"))["best_val"] for d in (straight, resumed)] == [0.5, 0.5]
+
+
+def small_disk(argv, folder, size_kb, fill_kb=None):
+    """Run a script's command line in folder/disk, a filesystem of size_kb (fill_kb of it taken first; None: all):
+    a tmpfs in a private mount namespace (unshare, as root); where that is not allowed, writes of eval.csv and of
+    the second checkpoint fail with ENOSPC through a patched os.fsync. Returns (returncode, stdout, stderr)."""
+    disk = os.path.join(folder, "disk")
+    os.makedirs(disk)
+    fill = f"dd if=/dev/zero of=fill bs=1k count={size_kb if fill_kb is None else fill_kb} 2>/dev/null; "
+    command = " ".join(map(shlex.quote, [sys.executable, *argv]))
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True) if shutil.which("unshare") else None
+    if probe is not None and probe.returncode == 0:
+        script = f"mount -t tmpfs -o size={size_kb}k tmpfs {shlex.quote(disk)} && cd {shlex.quote(disk)} && {fill}{command}"
+        proc = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True)
+    else:  # the fallback: ENOSPC from the call that makes a write durable
+        patch = ("import errno, os, runpy, sys\nreal, seen = os.fsync, []\n"
+                 "def fsync(fd):\n    name = os.readlink(f'/proc/self/fd/{fd}')\n    seen.append(name)\n"
+                 "    if name.endswith('eval.csv.tmp') or name.endswith('checkpoint.pt.tmp') and seen.count(name) > 1:\n"
+                 "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n    real(fd)\n"
+                 "os.fsync = fsync\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+        proc = subprocess.run([sys.executable, "-c", patch, *argv], cwd=disk, capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@both
+def test_a_full_disk_keeps_the_results_and_says_what_is_whole(m, saved_checkpoints, tmp_path):
+    """A full disk: an evaluation's results are on the terminal before its CSV fails; in training, the failed
+    checkpoint leaves the last one whole. Each is one line that names the file, exit status 2."""
+    script = os.path.join(HERE, f"{m.SCRIPT}.py")
+    evaluation = tiny_argv(eval_checkpoint=saved_checkpoints[m], eval_repeats=1)
+    code, out, err = small_disk([script, *evaluation], tmp_path / "evaluation", 64)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert re.search(r"^error: the evaluation: cannot write runs/\S+/eval.csv: No space left on device "
+                     r"\(\d+ MB free\); runs/\S+/eval.csv holds 0 of its 1 seeds: evaluate again with", lines[0]), lines[0]
+    assert re.search(r"evaluation \(\w+, test tasks\): success rate over 2 lifetimes on 2 tasks", out), out
+    assert re.search(r"\| deterministic \d\.\d{3} \+- \d\.\d{3}\n  per episode: ", out), out
+    code, out, err = small_disk([script, *tiny_argv(num_outer_updates=3, val_every=0)], tmp_path / "training", 4096, 0)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert re.search(r"^error: update 2: cannot write runs/\S+/checkpoint.pt: (No space left on device|cut short) "
+                     r"\(\d+ MB free\); runs/\S+/checkpoint.pt holds update 1: continue with python "
+                     rf"{m.SCRIPT}.py --resume runs/\S+/checkpoint.pt$", lines[0]), lines[0]
+
+
 # Stopping a run: SIGTERM, SIGKILL, Ctrl-C, a worker's death -------------------------------------------------------
 STOP_RUN = dict(num_workers=2, num_outer_updates=100, save_every=1, val_every=0, eval_tasks=1, eval_repeats=1)
 
@@ -2590,8 +2761,8 @@ def test_a_lost_ray_actor_stops_the_run_with_one_line_and_a_resume_continues_exa
     reference = uninterrupted(m)
     real_sample, train_calls = m.sample_tasks, []
 
-    def exit_in_update_2(classes, tasks, n, rng):
-        sampled = real_sample(classes, tasks, n, rng)
+    def exit_in_update_2(classes, tasks, n, rng, *flag):
+        sampled = real_sample(classes, tasks, n, rng, *flag)
         if rng is not None:  # a meta-batch (validation and evaluation take their tasks in order: rng None)
             train_calls.append(1)
             if len(train_calls) == 2:  # update 2: the last lifetime, the second actor's share
@@ -2614,16 +2785,38 @@ def test_a_lost_ray_actor_stops_the_run_with_one_line_and_a_resume_continues_exa
     assert_same_run(m, resumed, reference)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads processes from /proc (Linux)")
+@both
+def test_sigterm_on_a_ray_cluster_stops_with_one_line_and_exit_143(m, ray_cluster, tmp_path):
+    """ray.init installs its own SIGTERM handler (sys.exit(15), nothing printed): under --ray-address a SIGTERM still
+    gives the one line with the resume command and exit status 143, as with local workers."""
+    argv = tiny_argv(**{**STOP_RUN, "num_workers": 1}) + ["--ray-address", ray_cluster]
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, f"{m.SCRIPT}.py"), *argv], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("update 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    ours = [line for line in err.splitlines() if line.startswith(("stopped", "error", "Traceback"))]
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert len(ours) == 1 and re.match(r"stopped by SIGTERM in update \d+; \S+ holds update \d+: continue with", ours[0])
+
+
 @both
 def test_no_ray_a_wrong_address_or_too_many_actors_stop_with_one_line(m, ray_cluster, tmp_path, monkeypatch, capsys):
     """Without Ray, --ray-address stops with one line naming the package and the version the tests install; so do
-    an address where no head answers and more actors than the cluster's CPUs (either would wait forever). Nothing
-    is started."""
+    an address where nothing or something else listens, and more actors than the cluster's CPUs (each would wait
+    for long or for ever). Nothing is started."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "RAY_WAIT", 1)
+    listener = socket.create_server(("127.0.0.1", 0))  # something listens, but no Ray head (ray.init: 14 minutes)
+    port = listener.getsockname()[1]
     pin = next(word for word in open(os.path.join(HERE, "README.md")).read().split() if word.startswith("ray=="))
     for argv, ray_missing, message in (
             (["--ray-address", "auto"], True, f"--ray-address needs Ray: pip install {pin}"),  # the tests' Ray
             (["--ray-address", "127.0.0.1:1"], False, "--ray-address 127.0.0.1:1: no Ray head answers there ("),
+            (["--ray-address", f"127.0.0.1:{port}"], False, f"127.0.0.1:{port}: no Ray head answers there (no answer in 1 s)"),
             (["--ray-address", ray_cluster, "--num-workers", "3"], False,
              f"--num-workers 3: the Ray cluster at {ray_cluster} has 2 CPUs")):
         with monkeypatch.context() as patch:
