@@ -67,7 +67,7 @@ class Args:
     num_outer_updates: Optional[int] = None
     """outer PPO updates (None = the authors' code: 500 for ML1, 1500 for ML10; 0 = evaluate the untrained network)"""
     lifetimes_per_update: int = 30
-    """N, the meta-batch: lifetimes (distinct train tasks) per outer update (num_inner_loops_per_update)"""
+    """N, lifetimes per outer update (num_inner_loops_per_update); also the batch size of evaluation and validation"""
     lifetime_steps: int = 6000
     """env steps of one lifetime, 12 episodes (Table 1's total_timesteps)"""
     meta_learning_rate: float = 5e-5
@@ -83,7 +83,7 @@ class Args:
     meta_nstep_decay: float = 0.85
     """weight decay over horizons, ae.bootstrapping_lambda: A_t = sum_k 0.85^k A^(n_k) / sum_k 0.85^k"""
     reward_scale: float = 1e-4
-    """e_rewards_target_mean: r~ = r / (running mean of the class's per-step shaped reward + 1e-7) * this"""
+    """e_rewards_target_mean: r~ = r / (exact mean of every per-step shaped reward of the class so far + 1e-7) * this"""
     tbptt_len: int = 400
     """truncated-BPTT chunk length of the outer PPO (ppo.k)"""
     meta_update_epochs: int = 12
@@ -137,7 +137,7 @@ class Args:
     eval_repeats: int = 10
     """lifetimes per evaluation task"""
     eval_seeds: Tuple[int, ...] = ()
-    """evaluation seeds (default: --seed): mean +- std over them (the paper's +- is over networks: see tools/)"""
+    """evaluation seeds, mean +- std over them (the paper's +- is over networks: see tools/); none: --seed alone"""
     eval_deterministic_episodes: int = 4
     """episodes of the deterministic final policy after each evaluation lifetime"""
     val_every: int = 25
@@ -1233,6 +1233,9 @@ def print_results(args, rows, n_tasks, n_seeds, first, meta_net):
 
 
 # main: one run (meta-training then its evaluation, or the evaluation of a saved network or of a baseline) ------------
+# the lifetime an evaluated network brings from its checkpoint (its episodes, inner updates and inner PPO)
+LIFETIME = ("max_episode_steps", "lifetime_steps", "steps_per_update", "learning_rate", "gamma", "gae_lambda",
+            "update_epochs", "num_minibatches", "norm_adv", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm")
 RESUME_FLAGS = ("resume", "num_workers", "ray_address", "cuda", "num_outer_updates")  # what --resume may set
 
 
@@ -1245,9 +1248,8 @@ def main(args, given=()):
         args = resumed_args(args, ckpt, given)
     elif "env_name" in given and (args.benchmark or (ckpt["args"]["benchmark"] if ckpt else "ML1")) == "ML10":
         raise ConfigError(f"--env-name {args.env_name} names an ML1 task; ML10 has its own classes: drop one of them")
-    if args.eval_checkpoint:  # the network's benchmark and task, unless given (then a transfer test)
-        args = replace(args, benchmark=args.benchmark or ckpt["args"]["benchmark"],
-                       env_name=args.env_name or ckpt["args"]["env_name"])
+    if args.eval_checkpoint:  # the network's benchmark, task and lifetimes, unless given (print_plan notes those)
+        args = replace(args, **{k: ckpt["args"][k] for k in ("benchmark", "env_name") + LIFETIME if k not in given})
     check_args(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -1370,6 +1372,10 @@ def print_plan(args, run_dir, benchmark, trained, mode, ckpt):
           f"{trained['seed']} ({task_name})")
     if trained_on != task_name:  # only when asked for: an evaluated network's task is the default
         print(f"note: a transfer test: the network was meta-trained on {trained_on} and is evaluated on {task_name}")
+    other = [f"--{k.replace('_', '-')} {getattr(args, k)} ({trained[k]})" for k in LIFETIME
+             if trained[k] != getattr(args, k)]
+    if other:  # likewise its lifetimes and inner PPO
+        print(f"note: lifetimes other than those the network was meta-trained on: {', '.join(other)}")
     if args.eval_split == "train" and mode in ("meta", "eval"):
         print("note: the train split holds the goals the network was meta-trained on (the paper's Fig. 3, top row), "
               "not held-out ones")

@@ -1190,6 +1190,26 @@ def test_eval_network_best_evaluates_the_best_validated_network(m, tmp_path, mon
         tiny_args(m, eval_network="best", val_every=5, num_outer_updates=3)
 
 
+
+@both
+def test_an_evaluated_network_brings_its_lifetimes_unless_others_are_given(m, saved_checkpoints, tmp_path,
+                                                                           monkeypatch, capsys):
+    """--eval-checkpoint of a network meta-trained on 6 episodes of 10 steps, an inner update every 20 (2 epochs of 2
+    minibatches): evaluated on those lifetimes and that inner PPO unless flags say otherwise, then with a note."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    network = ["--eval-checkpoint", saved_checkpoints[m], "--eval-tasks", "1", "--eval-repeats", "1",
+               "--num-workers", "1", "--lifetimes-per-update", "3"]
+    run = m.cli(network)
+    assert [c for c in read_csv(os.path.join(run, "eval.csv"))[0] if c.startswith("success")] == \
+        [f"success_ep{e:02d}" for e in range(1, 7)] + ["success_det"]
+    assert "note: lifetimes other than" not in capsys.readouterr().out
+    run = m.cli(network + ["--lifetime-steps", "80", "--update-epochs", "3"])
+    assert [c for c in read_csv(os.path.join(run, "eval.csv"))[0] if c.startswith("success")] == \
+        [f"success_ep{e:02d}" for e in range(1, 9)] + ["success_det"]
+    assert "note: lifetimes other than those the network was meta-trained on: --lifetime-steps 80 (60), " \
+        "--update-epochs 3 (2)\n" in capsys.readouterr().out
+
 @both
 def test_an_evaluated_network_brings_its_task_unless_another_is_given(m, saved_checkpoints, tmp_path, monkeypatch,
                                                                       capsys):
@@ -1393,7 +1413,7 @@ def test_results_table_and_figure(tmp_path, monkeypatch):
     # intrinsic: seed means of eps 1-4 are 0.5 and 0, of eps 9-12 both 1, of det 0.75 and 0.5
     std = np.std([0.5, 0.0], ddof=1)
     assert table[2] == (f"| intrinsic | - | 2 | 4 | 0.25 +- {std:.2f} | 0.25 +- {std:.2f} | 1.00 +- 0.00 | "
-                        f"0.62 +- {np.std([0.75, 0.5], ddof=1):.2f} |")
+                        f"0.63 +- {np.std([0.75, 0.5], ddof=1):.2f} |")  # 0.625: half up (pr.fmt)
     # one seed: the error is the standard error over lifetimes
     assert table[3] == "| sparse | - | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | 0.50 +- 0.50 | 0.00 +- 0.00 |"
     assert pr.results_table(rows, decimals=3)[3] == \
@@ -2510,7 +2530,7 @@ def against_shaped(folder):
     for name in ("eps 9-12", "deterministic"):
         (m, se), b = mine[name], base[name][0]
         margins.append((m - b) / se)
-        cells.append(f"{m:.2f} +- {se:.2f} ({margins[-1]:+.1f})")
+        cells.append(f"{pr.fmt(m, 2)} +- {pr.fmt(se, 2)} ({margins[-1]:+.1f})")  # the tables' rounding
     return cells, margins
 
 

@@ -5,11 +5,15 @@ hold several meta-trained networks of it, the paper's error bar; else over its e
 standard error over lifetimes), each network's own row when a method has several, the success per task
 class when there are several (ML10), a two-sample test (Welch's t) over the networks of every two methods
 that have several and of each such method against PPO shaped's seeds (--compare-with), the table of what
-the network signals per episode of its traced lifetime, and draws
---plot-file: success per episode index per method, and the signal over one evaluation episode next to the
-shaped reward.
+the network signals per episode of its traced lifetime, and, only when --plot-file is given, draws the figure:
+success per episode index per method, and the signal over one evaluation episode next to the shaped reward. Its
+success axis runs from 0 to 1, or, when every point and error bar stays below 0.25 (ML10), to the next multiple of
+0.05 above 1.1 x the highest.
 
-    python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file results.png
+Every number is rounded to its decimals half up (away from zero) on its decimal value (fmt): 0.475 prints as 0.48,
+0.025 as 0.03, whatever the float's binary rounding.
+
+    python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file /tmp/results.png
     python tools/plot_results.py runs/NET_SEED1 runs/NET_SEED2 runs/NET_SEED3   # 3 networks: mean +- std over them
     python tools/plot_results.py results/button-press-v3/*/ --network-eval-seeds 1   # every network on seed 1 only
 
@@ -20,6 +24,7 @@ import csv
 import math
 import os
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
@@ -29,6 +34,16 @@ TRACE_FILES = ("reward_trace.csv", "advantage_trace.csv")
 
 class ConfigError(ValueError):
     """Bad input: reported as one line and exit status 2."""
+
+
+def fmt(x, decimals, sign=False):
+    """x with `decimals` decimals, a half rounded up (away from zero) on x's decimal value: x is first written with
+    12 decimals, so 0.475 computed as 0.47499999999999998 prints as 0.48 like 0.025 as 0.03 (format() would round
+    the binary value: 0.47, 0.03). With sign, a leading + or -. NaN and infinities as format() writes them."""
+    if not math.isfinite(x):
+        return format(x, f"{'+' if sign else ''}.{decimals}f")
+    rounded = Decimal(f"{x:.12f}").quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    return format(rounded, "+f" if sign else "f")
 
 
 def read_csv(path):
@@ -139,8 +154,8 @@ def results_table(rows, per_network=False, decimals=2):
             named = [n for n in networks(group) if n]
             label = f"{method}, {named[0]}" if per_network else method
             lines.append(f"| {label} | {len(named) or '-'} | {len({str(r['seed']) for r in group})} | "
-                         f"{len(group)} | " + " | ".join(f"{m:.{decimals}f} +- {e:.{decimals}f}" for m, e in cells.values())
-                         + " |")
+                         f"{len(group)} | "
+                         + " | ".join(f"{fmt(m, decimals)} +- {fmt(e, decimals)}" for m, e in cells.values()) + " |")
     return lines
 
 
@@ -166,8 +181,8 @@ def class_table(rows, decimals=2):
                 cells.append("-")
                 continue
             values = np.array([[float(r[c]) for c in columns] for r in group])
-            cells.append(f"{values[:, table_spans(columns)[last4]].mean():.{decimals}f} / "
-                         f"{values[:, -1].mean():.{decimals}f} ({len(group)})")
+            cells.append(f"{fmt(values[:, table_spans(columns)[last4]].mean(), decimals)} / "
+                         f"{fmt(values[:, -1].mean(), decimals)} ({len(group)})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -241,9 +256,9 @@ def network_comparison(rows, baselines=("shaped",)):
         for name, s in table_spans(columns).items():
             x, y = units[a][:, s].mean(1), units[b][:, s].mean(1)
             test, n = welch(x, y), networks_for_power(x, y)
-            cells = ["-", "-", "-"] if test is None else [f"{test[0]:.2f}", f"{test[1]:.1f}",
-                                                             f"{test[2]:.3f}" if test[2] >= 0.001 else "< 0.001"]
-            lines.append(f"| {a} ({len(x)}) - {b} ({len(y)}) | {name} | {x.mean() - y.mean():+.2f} | "
+            cells = ["-", "-", "-"] if test is None else [fmt(test[0], 2), fmt(test[1], 1),
+                                                             fmt(test[2], 3) if test[2] >= 0.001 else "< 0.001"]
+            lines.append(f"| {a} ({len(x)}) - {b} ({len(y)}) | {name} | {fmt(x.mean() - y.mean(), 2, sign=True)} | "
                          + " | ".join(cells) + f" | {'-' if n is None else n} |")
     return lines
 
@@ -267,13 +282,23 @@ def trace_table(trace):
         corr = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else float("nan")
         cells = [x.mean(), x[:first].mean() if first else None, x[first:].mean() if first < len(x) else None]
         lines.append(f"| {episode} | {'yes' if first < len(x) else 'no'} | "
-                     + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + f" | {y.mean():.2f} | {corr:.2f} |")
+                     + " | ".join("-" if v is None else fmt(v, 4) for v in cells) + f" | {fmt(y.mean(), 2)} | "
+                     f"{fmt(corr, 2)} |")
     return lines
+
+
+def success_top(highest):
+    """The success axis's top: 1, or when the highest point (error bar included) is below 0.25, the next multiple
+    of 0.05 at or above 1.1 x it (at least 0.05), so that rare successes (ML10) are not drawn as a flat line."""
+    if highest >= 0.25:
+        return 1.0
+    return max(1, math.ceil(round(1.1 * highest / 0.05, 9))) * 0.05
 
 
 def plot_results(rows, trace, path, title="test tasks"):
     """Left: success per episode index (and the deterministic point) per method, mean +- std over
-    seeds. Right: the network's signal over the trace's last episode next to the shaped reward."""
+    seeds, on a success axis that fits them (success_top). Right: the network's signal over the trace's last
+    episode next to the shaped reward."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -282,16 +307,18 @@ def plot_results(rows, trace, path, title="test tasks"):
         raise ConfigError("the figure needs matplotlib, which is not installed: pip install matplotlib") from None
     columns = [c for c in rows[0] if c.startswith("success_")]
     fig, axes = plt.subplots(1, 2 if trace else 1, figsize=(12 if trace else 6, 4), squeeze=False)
-    ax = axes[0, 0]
+    ax, highest = axes[0, 0], 0.0
     for method in dict.fromkeys(r["inner_reward"] for r in rows):
         selected = [r for r in rows if r["inner_reward"] == method]
         per_unit = unit_means(selected, columns)
         std = per_unit.std(0, ddof=1) if len(per_unit) > 1 else np.zeros(len(columns))
         unit = "network" if len(networks(selected)) > 1 else "seed"
+        highest = max(highest, float((per_unit.mean(0) + std).max()))
         ax.errorbar(np.arange(1, len(columns) + 1), per_unit.mean(0), yerr=std, capsize=3, marker="o",
                     label=f"{method} ({len(per_unit)} {unit}{'s' * (len(per_unit) > 1)})")
     ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
-    ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
+    top = success_top(highest)
+    ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02 * top, 1.02 * top), title=title)
     ax.legend()
     if trace:
         signal = trace_signal(trace)
@@ -317,7 +344,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Compare finished evaluations: results table, trace table, figure.")
     parser.add_argument("runs", nargs="+", help="run folders (or their eval.csv files); seeds of one method may "
                                                 "be spread over several folders")
-    parser.add_argument("--plot-file", default="results.png", help="the figure (needs matplotlib)")
+    parser.add_argument("--plot-file", help="draw the figure into this file (needs matplotlib); none: the tables only")
     parser.add_argument("--network-eval-seeds", nargs="+", metavar="SEED",
                         help="use only these evaluation seeds of the meta-learned networks (the baselines keep all "
                              "theirs): the same seeds for every network")
@@ -348,11 +375,13 @@ def main(argv=None):
             print("\n" + "\n".join(comparison))
         if trace:
             print("\n" + "\n".join(trace_table(trace)))
-        plot_results(rows, trace, args.plot_file, args.title)
+        if args.plot_file:
+            plot_results(rows, trace, args.plot_file, args.title)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {args.plot_file}")
+    if args.plot_file:
+        print(f"wrote {args.plot_file}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
     python tools/teach.py                # seed 1
     python tools/teach.py --seed 2       # another run; any other flag of metareward.py is passed on too
+    python tools/teach.py --help         # metareward.py's flags, with the teaching values as their defaults
 
 It prints the metareward.py command it runs (TEACHING: the paper's lifetimes, inner PPO and evaluation, a
 smaller outer loop), the run's usual output, then the network against PPO shaped, and draws RUN/teaching.png:
@@ -17,6 +18,7 @@ import os
 import sys
 
 import numpy as np
+import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -115,7 +117,11 @@ def report(run_dir):
 
 
 def main(argv=None):
-    argv = TEACHING + list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:  # the flags this command runs with: TEACHING over the paper's defaults
+        tyro.cli(metareward.Args, args=argv, default=tyro.cli(metareward.Args, args=TEACHING),
+                 prog="python tools/teach.py", description=__doc__)  # prints, then exits
+    argv = TEACHING + argv
     print("python metareward.py " + " ".join(argv), flush=True)
     run_dir = metareward.cli(argv)
     report(run_dir)
