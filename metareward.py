@@ -29,8 +29,13 @@ import tyro
 from torch.distributions.normal import Normal
 
 OBS_DIM, ACT_DIM = 39, 4  # MetaWorld's observation and action sizes (Appendix A.1)
-SCALARS = 4  # phi's scalar inputs: pi(a_t|s_t), r^e_t, d_t, r^i_(t-1)
-META_INPUT_DIM = OBS_DIM + ACT_DIM + SCALARS  # x_t = [s_t, a_t, the scalars]: 47
+# x_t, phi's input (Sec. 3), part by part: one place for its layout, used by run_lifetimes (which builds x_t in this
+# order), MetaNet (which re-attaches the SCALARS parts after each encoder layer) and the tests. Add an input here.
+META_INPUT = dict(s=slice(0, 39), a=slice(39, 43), pi=slice(43, 44), r_e=slice(44, 45), d=slice(45, 46),
+                  prev=slice(46, 47))  # s_t, a_t, pi(a_t|s_t), r^e_t, d_t, r^i_(t-1)
+SCALARS = ("pi", "r_e", "d", "prev")  # the parts re-attached after each encoder layer
+N_SCALARS = sum(META_INPUT[k].stop - META_INPUT[k].start for k in SCALARS)  # 4
+META_INPUT_DIM = max(part.stop for part in META_INPUT.values())  # 47
 SCRIPT = "metareward"  # checkpoints name the script that wrote them
 TRACE_FILE = "reward_trace.csv"  # per step of one evaluation lifetime: r^i next to the shaped reward
 TRAIN, VALIDATION, EVALUATION = 0, 1, 2  # the first number of a lifetime's key
@@ -257,14 +262,14 @@ class InnerAgents(nn.Module):
 # The reward network phi (Sec. 3; A.2.2 "Architectures"; Table 2) ----------------------------------------------------
 class MetaNet(nn.Module):
     """phi, the intrinsic-reward agent pi^r_phi(r^i_t | x_1..x_t): an encoder of (128, 32) with the SCALARS scalar
-    inputs re-attached after each layer (so the layers are 128 - SCALARS and 32 - SCALARS wide), an LSTM of 128 over
+    inputs re-attached after each layer (so the layers are 128 - N_SCALARS and 32 - N_SCALARS wide), an LSTM of 128 over
     the whole lifetime, heads for r^i_t's mean (arctan of a (128, 128) MLP) and std, and the outer critic V_t."""
 
     def __init__(self, std_scale=0.2, hidden=128):
         super().__init__()
         self.std_scale = std_scale
-        self.fc1 = layer_init(nn.Linear(META_INPUT_DIM, 128 - SCALARS))
-        self.fc2 = layer_init(nn.Linear(128, 32 - SCALARS))
+        self.fc1 = layer_init(nn.Linear(META_INPUT_DIM, 128 - N_SCALARS))
+        self.fc2 = layer_init(nn.Linear(128, 32 - N_SCALARS))
         self.lstm = nn.LSTM(32, hidden, batch_first=True)  # rnn_input_size 32, rnn_hidden_state_size 128
         for name, param in self.lstm.named_parameters():
             if "bias" in name:
@@ -287,7 +292,7 @@ class MetaNet(nn.Module):
 
     def forward(self, x, state):
         """x: (N, S, 47) inputs of S consecutive steps -> mean, std, value (N, S) and the recurrent state."""
-        scalars = x[..., -SCALARS:]
+        scalars = torch.cat([x[..., META_INPUT[k]] for k in SCALARS], -1)
         h = torch.cat([torch.relu(self.fc1(x)), scalars], -1)
         h = torch.cat([torch.relu(self.fc2(h)), scalars], -1)
         h, state = self.lstm(h, state)
@@ -307,7 +312,7 @@ class MetaNet(nn.Module):
             for layer in module:
                 v = linear(v, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(v)
             return v
-        scalars = x[:, -SCALARS:]
+        scalars = torch.cat([x[:, META_INPUT[k]] for k in SCALARS], -1)
         h = torch.cat([torch.relu(linear(x, self.fc1.weight, self.fc1.bias)), scalars], -1)
         h = torch.cat([torch.relu(linear(h, self.fc2.weight, self.fc2.bias)), scalars], -1)
         h0, c0 = state[0][0], state[1][0]  # one LSTM cell step, gates in PyTorch's order i, f, g, o
@@ -404,8 +409,9 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, evaluation=False, on_block=
         if intrinsic and t < L:
             # phi's input (Sec. 3): x_t = [s_t, a_t, pi(a_t|s_t), r^e_t x 3, d_t x 2, r^i_(t-1)], with d_t = 1 at an
             # episode's first step; the scale factors 3 and 2 are the authors' code's
-            x = torch.cat([obs[:, t], actions[:, t], logprobs[:, t, None].exp(), 3.0 * sparse[:, t, None],
-                           torch.full((n, 1), 2.0 if k == 0 else 0.0), prev_r[:, None]], 1)
+            parts = dict(s=obs[:, t], a=actions[:, t], pi=logprobs[:, t, None].exp(), r_e=3.0 * sparse[:, t, None],
+                         d=torch.full((n, 1), 2.0 if k == 0 else 0.0), prev=prev_r[:, None])
+            x = torch.cat([parts[name] for name in META_INPUT], 1)  # in META_INPUT's order
             meta_inputs[:, t] = x
             with torch.no_grad():
                 mean, std, meta_values[:, t], state = meta_net.step(x, state)

@@ -269,15 +269,16 @@ def test_network_input_is_the_papers_tuple_on_real_lifetimes(m, ml1, monkeypatch
         torch.set_num_threads(m.UPDATE_THREADS)
     thetas.append(live[0])  # the last block's: after the last inner update
     x, n = record["meta_inputs"], 2
+    part = {name: x[..., where] for name, where in m.META_INPUT.items()}  # x_t's named layout, one place
     assert x.shape == (n, L, m.META_INPUT_DIM) and len(thetas) == L // U and len(envs.counters) == L
     # s_t: what the env returned, its goal (MetaWorld v3: obs[-3:]) zeroed
     obs = torch.as_tensor(np.stack(envs.obs[:L], 1))
-    assert torch.equal(x[..., :39], obs), "s_t is not the observation the env returned"
+    assert torch.equal(part["s"], obs), "s_t is not the observation the env returned"
     assert torch.all(obs[..., -3:] == 0) and torch.all(obs[..., :3] != 0)  # no goal; the hand position
     # a_t: the action as stored for the inner PPO, unclipped; the env received it clipped to [-1, 1]
-    a = x[..., 39:43]
+    a = part["a"]
     for j, (block_obs, block_actions) in enumerate(blocks):
-        assert torch.equal(x[:, j * U:(j + 1) * U, :39], block_obs), f"block {j}: s_t is not the inner PPO's"
+        assert torch.equal(part["s"][:, j * U:(j + 1) * U], block_obs), f"block {j}: s_t is not the inner PPO's"
         assert torch.equal(a[:, j * U:(j + 1) * U], block_actions), f"block {j}: a_t is not the inner PPO's"
     assert torch.equal(torch.as_tensor(np.stack(envs.received, 1)), a.clamp(-1, 1)) and (a.abs() > 1).any()
     # pi(a_t|s_t): the density under theta of step t's block (theta moves at each inner update)
@@ -290,7 +291,7 @@ def test_network_input_is_the_papers_tuple_on_real_lifetimes(m, ml1, monkeypatch
                 sigma = theta.actor_logstd[i, 0].exp().double()
                 density = (torch.exp(-(a[i, blk].double() - mu) ** 2 / (2 * sigma ** 2))
                            / (sigma * math.sqrt(2 * math.pi))).prod(-1)
-                torch.testing.assert_close(x[i, blk, 43].double(), density, rtol=1e-4, atol=0,
+                torch.testing.assert_close(part["pi"][i, blk, 0].double(), density, rtol=1e-4, atol=0,
                                            msg=lambda e: f"pi(a_t|s_t), block {j}, lifetime {i}: {e}")
     # 3 r^e_t from the env's success flags, episode by episode (the env's step counter at 0: a first step)
     first = torch.tensor(envs.counters).T == 0
@@ -305,10 +306,21 @@ def test_network_input_is_the_papers_tuple_on_real_lifetimes(m, ml1, monkeypatch
             else:
                 sparse[i, e - 1] = -0.2
     assert first.sum() == n * L // T
-    torch.testing.assert_close(x[..., 44], 3 * sparse)
+    torch.testing.assert_close(part["r_e"][..., 0], 3 * sparse)
     # 2 d_t, and the network's own sample at t - 1 (0 at the first step)
-    assert torch.equal(x[..., 45], 2.0 * first)
-    assert torch.equal(x[:, 1:, 46], record["meta_actions"][:, :-1]) and torch.all(x[:, 0, 46] == 0)
+    assert torch.equal(part["d"][..., 0], 2.0 * first)
+    assert torch.equal(part["prev"][:, 1:, 0], record["meta_actions"][:, :-1]) and torch.all(part["prev"][:, 0] == 0)
+    # ... the parts the encoder re-attaches after each of its layers (captured where they enter fc2 and the LSTM)
+    net, reattached = m.MetaNet(args.meta_std_scale), []
+    for layer in (net.fc2, net.lstm):
+        layer.register_forward_pre_hook(lambda module, inputs: reattached.append(inputs[0][..., -m.N_SCALARS:]))
+    with torch.no_grad():
+        net(x, net.initial_state(n))
+    assert len(reattached) == 2 and m.SCALARS == ("pi", "r_e", "d", "prev")
+    for h in reattached:  # pi(a_t|s_t), r^e_t, d_t and the previous signal, checked above, whatever else x_t holds
+        assert torch.equal(h, torch.cat([part[name] for name in ("pi", "r_e", "d", "prev")], -1))
+    edges = [(where.start, where.stop) for where in m.META_INPUT.values()]  # the parts tile x_t in order
+    assert edges[0][0] == 0 and edges[-1][1] == m.META_INPUT_DIM and all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
 
 
 # 2. Batched GAE ---------------------------------------------------------------------------------
