@@ -74,7 +74,7 @@ class Args:
     lifetimes_per_update: int = 30
     """N, lifetimes per outer update (num_inner_loops_per_update); also the batch size of evaluation and validation"""
     lifetime_steps: int = 6000
-    """env steps of one lifetime, 12 episodes (Table 1's total_timesteps)"""
+    """env steps of one lifetime, L: L / --max-episode-steps episodes, 12 at the defaults (Table 1's total_timesteps)"""
     meta_learning_rate: float = 5e-5
     """Adam learning rate of the reward network"""
     meta_anneal_lr: bool = False
@@ -108,7 +108,7 @@ class Args:
 
     # The inner PPO (Algorithm 1's inner loop; Table 1), re-initialised for every lifetime
     steps_per_update: int = 2000
-    """U, env steps per inner PPO update (num_steps: 2 updates per 6000-step lifetime)"""
+    """U, env steps per inner PPO update (num_steps): L / U - 1 updates a lifetime, 2 at the defaults"""
     learning_rate: float = 3e-4
     """Adam learning rate of the inner agents"""
     gamma: float = 0.99
