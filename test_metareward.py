@@ -1953,25 +1953,31 @@ def test_both_baselines_run_the_same_evaluation(tmp_path, monkeypatch):
         assert not os.path.exists(os.path.join(run_dir, "progress.csv"))  # no meta-training
 
 
+def stop_in_update(m, monkeypatch, update, **kw):
+    """A tiny run (TINY with kw) stopped by Ctrl-C in the outer PPO of `update`; outer_ppo_update as it was after."""
+    real_update, calls = m.outer_ppo_update, []
+
+    def stop(*a):
+        calls.append(1)
+        if len(calls) == update:
+            raise KeyboardInterrupt
+        return real_update(*a)
+    monkeypatch.setattr(m, "outer_ppo_update", stop)
+    with pytest.raises(KeyboardInterrupt):
+        m.main(tiny_args(m, **kw))
+    monkeypatch.setattr(m, "outer_ppo_update", real_update)
+
+
 @both
 def test_resume_after_a_crash_equals_an_uninterrupted_run(m, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = dict(num_outer_updates=4, save_every=2, eval_tasks=1, eval_repeats=1)
-    real_update, calls, shaped = m.outer_ppo_update, [], []
+    real_update, shaped = m.outer_ppo_update, []
     monkeypatch.setattr(m, "outer_ppo_update", lambda net, opt, batch, *a: shaped.append(batch["shaped"].double())
                         or real_update(net, opt, batch, *a))
     straight = m.main(tiny_args(m, exp_name="straight", **args))
 
-    def crash_in_update_4(*a):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_update(*a)
-
-    monkeypatch.setattr(m, "outer_ppo_update", crash_in_update_4)
-    with pytest.raises(KeyboardInterrupt):
-        m.main(tiny_args(m, exp_name="crashed", **args))
-    monkeypatch.setattr(m, "outer_ppo_update", real_update)
+    stop_in_update(m, monkeypatch, 4, exp_name="crashed", **args)
     crashed = next(d for d in (tmp_path / "runs").iterdir() if "crashed" in d.name)
     assert len(read_csv(crashed / "progress.csv")) == 3  # update 3 was logged after the last checkpoint (2)
     ckpt = torch.load(crashed / "checkpoint.pt", weights_only=True)  # as written before --plot moved to tools/
@@ -2211,8 +2217,8 @@ def test_a_resume_between_two_validations_keeps_the_best_network_and_the_score_t
     meta_net_best.pt (update, score, weights) and the checkpoint's best score are the uninterrupted run's."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
-    scores, current, calls = {2: 0.5, 4: 0.25}, [], []
-    real_validate, real_evaluate, real_update = m.Run.validate, m.evaluate, m.outer_ppo_update
+    scores, current = {2: 0.5, 4: 0.25}, []
+    real_validate, real_evaluate = m.Run.validate, m.evaluate
     monkeypatch.setattr(m.Run, "validate", lambda run, update, net: current.append(update) or
                         real_validate(run, update, net))
 
@@ -2224,15 +2230,7 @@ def test_a_resume_between_two_validations_keeps_the_best_network_and_the_score_t
     args = dict(num_outer_updates=4, val_every=2, save_every=1, eval_tasks=1, eval_repeats=1)
     straight = m.main(tiny_args(m, exp_name="straight", **args))
 
-    def stop_in_update_3(*a):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_update(*a)
-    monkeypatch.setattr(m, "outer_ppo_update", stop_in_update_3)
-    with pytest.raises(KeyboardInterrupt):
-        m.main(tiny_args(m, exp_name="stopped", **args))
-    monkeypatch.setattr(m, "outer_ppo_update", real_update)
+    stop_in_update(m, monkeypatch, 3, exp_name="stopped", **args)
     stopped = next(str(d) for d in (tmp_path / "runs").iterdir() if "stopped" in d.name)
     assert m.load_checkpoint(os.path.join(stopped, "checkpoint.pt"))["update"] == 2
     resumed = m.main(m.Args(resume=os.path.join(stopped, "checkpoint.pt")))
