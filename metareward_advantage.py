@@ -1,9 +1,12 @@
-"""Black-box meta-learning of an advantage function for sparse-reward environments (Pappalardo, Ramele, Santos, 2024,
+"""Black-box meta-learning of an advantage function for sparse-reward environments (Pappalardo, Santos, Ramele, 2024,
 arXiv 2407.21546, Sec. 5.2; the variant of metareward.py): an LSTM advantage agent phi (MetaNet) watches fresh
 actor-only PPO agents learn a MetaWorld task from a sparse signal and gives them an advantage A^m_t for each
 (s_t, a_t), used directly by their clipped surrogate (no critic, no GAE).
 PPO (truncated BPTT) trains phi so that the agents reach a high *shaped* return. The method comes first, in the order
 of Algorithm 1, down to `meta_train`; below the banner "WHAT RUNS IT": workers, checkpoints, logs, flag checks, `main`.
+Sections, equations, Algorithm 1's lines and tables are those of arXiv v1. Where the code is not the paper's, a tag says
+whose choice it is: [authors' code] (https://github.com/Octavio-Pappalardo/Meta-learning-rewards) or [ours: why]. The
+README's deviations table lists each with its place.
 """
 import copy
 import csv
@@ -32,6 +35,7 @@ from torch.distributions.normal import Normal
 OBS_DIM, ACT_DIM = 39, 4  # MetaWorld's observation and action sizes (Appendix A.1)
 # x_t, phi's input (Sec. 3), part by part: one place for its layout, used by run_lifetimes (which builds x_t in this
 # order), MetaNet (which re-attaches the SCALARS parts after each encoder layer) and the tests. Add an input here.
+# [authors' code] Sec. 3's tuple also holds pi^A_phi(A^m_(t-1)), the probability of phi's previous action: left out.
 META_INPUT = dict(s=slice(0, 39), a=slice(39, 43), pi=slice(43, 44), r_e=slice(44, 45), d=slice(45, 46),
                   prev=slice(46, 47))  # s_t, a_t, pi(a_t|s_t), r^e_t, d_t, A^m_(t-1)
 SCALARS = ("pi", "r_e", "d", "prev")  # the parts re-attached after each encoder layer
@@ -125,7 +129,7 @@ class Args:
     max_grad_norm: float = 0.5
     """gradient-norm clip of the inner PPO (per agent)"""
 
-    # Evaluation (Sec. 4.3); the baselines are metareward.py's --inner-reward sparse|shaped
+    # Evaluation (Sec. 4.3); the baselines (Sec. 5.1) are metareward.py's --inner-reward sparse|shaped
     eval_checkpoint: Optional[str] = None
     """evaluate this saved advantage network instead of meta-training one"""
     eval_split: Literal["train", "test"] = "test"
@@ -140,8 +144,12 @@ class Args:
     """episodes of the deterministic final policy after each evaluation lifetime"""
     val_every: int = 25
     """validate the reward network every this many outer updates (0 = never); keeps the best"""
-    val_tasks: int = 10
-    """validation lifetimes: one per fresh goal of the train classes, disjoint from the train and test tasks"""
+    val_tasks: int = 60
+    """validation lifetimes (Table 2), one per fresh goal of the train classes: 60 take about 3.5 min on 2 cores here
+    (8 s per update at --val-every 25), 10 (the shipped update-50 runs) about 40 s"""
+    val_patience: int = 0
+    """stop meta-training once validation has not improved for this many updates (A.2.2: 200); 0 = never
+    ([authors' code] a fixed --num-outer-updates)"""
     eval_network: Literal["last", "best"] = "last"
     """the network a meta-training run evaluates at its end: the last, or the best validated (meta_net_best.pt)"""
 
@@ -157,7 +165,8 @@ class Args:
 
 # Tasks, environments and the sparse signal (Sec. 4.1, Appendix A.1) -------------------------------------------------
 def make_benchmark(args, seed=None):
-    """The MetaWorld benchmark; its seed (default --seed) fixes the train/test goal positions."""
+    """The MetaWorld benchmark; its seed (default --seed) fixes the train/test goal positions. [ours: MetaWorld v3,
+    the maintained release; the paper's is v2]"""
     seed = args.seed if seed is None else seed
     return metaworld.ML1(args.env_name, seed=seed) if args.benchmark == "ML1" else metaworld.ML10(seed=seed)
 
@@ -172,6 +181,20 @@ def sample_tasks(classes, tasks, n, rng, flag="--lifetimes-per-update"):
         raise ConfigError(f"{flag} {n} needs {need} distinct tasks per class, but there are only {have}")
     perms = {c: rng.permutation(len(by_class[c])) if rng else np.arange(len(by_class[c])) for c in names}
     return [by_class[names[i % len(names)]][perms[names[i % len(names)]][i // len(names)]] for i in range(n)]
+
+
+def evaluation_tasks(args, benchmark):
+    """The tasks of the final evaluation: the first --eval-tasks of --eval-split, class by class in turn."""
+    classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
+                      else (benchmark.train_classes, benchmark.train_tasks))
+    return sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None, "--eval-tasks")
+
+
+def validation_tasks(args):
+    """Table 2's validation goals, fresh goals of the train classes: [ours: the paper does not say which] the train,
+    then the test goals of another seed's benchmark (ML1 has 50 of each, so 60 lifetimes fit)."""
+    val = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)
+    return sample_tasks(val.train_classes, val.train_tasks + val.test_tasks, args.val_tasks, None, "--val-tasks")
 
 
 class EnvGroup:
@@ -236,7 +259,7 @@ class InnerAgents(nn.Module):
 
     def __init__(self, n, generators=None):
         super().__init__()
-        # StackedMLP (below the banner): N independent MLPs, tanh, orthogonal init (gain sqrt(2), the last given)
+        # StackedMLP (below): N independent MLPs, tanh, orthogonal init (gain sqrt(2), the last given)
         self.actor_mean = StackedMLP(n, [OBS_DIM, 64, 64, ACT_DIM], out_gain=0.01, generators=generators)
         self.actor_logstd = nn.Parameter(torch.zeros(n, 1, ACT_DIM))  # log(1.0)
 
@@ -247,6 +270,39 @@ class InnerAgents(nn.Module):
         if action is None:
             action = mean + probs.stddev * noise
         return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1)
+
+
+# N agents in one batch: each agent's numbers the same whatever N is -------------------------------------------------
+class StackedMLP(nn.Module):
+    """N independent tanh MLPs, one per agent: weights (N, in, out), one batched matmul per layer
+    (a matmul per agent of the same shape whatever N is, so an agent's numbers do not depend on N)."""
+
+    def __init__(self, n, sizes, out_gain, generators=None):
+        super().__init__()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            gain = out_gain if i == len(sizes) - 2 else np.sqrt(2)
+            w = torch.empty(n, fan_out, fan_in)
+            for agent in range(n):  # orthogonal init of each agent's (out, in) matrix, as nn.Linear
+                torch.nn.init.orthogonal_(w[agent], gain, generator=generators[agent] if generators else None)
+            self.weights.append(nn.Parameter(w.transpose(1, 2).contiguous()))
+            self.biases.append(nn.Parameter(torch.zeros(n, 1, fan_out)))
+
+    def forward(self, x):  # x: (N, B, in) -> (N, B, out)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            # a one-output layer as a sum of products: bmm rounds its 1-agent, 1-output case differently
+            x = b + (x * w.transpose(1, 2)).sum(-1, keepdim=True) if w.shape[-1] == 1 else torch.baddbmm(b, x, w)
+            if i < len(self.weights) - 1:
+                x = torch.tanh(x)
+        return x
+
+
+def clip_grad_norm_per_agent_(params, max_norm):
+    """torch.nn.utils.clip_grad_norm_ for each agent's slice (the leading dim) separately."""
+    norms = sum(p.grad.pow(2).flatten(1).sum(1) for p in params).sqrt()  # (N,), summed in the same order for any N
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
 
 
 # The reward network phi (Sec. 3; A.2.2 "Architectures"; Table 2) ----------------------------------------------------
@@ -283,7 +339,7 @@ class MetaNet(nn.Module):
     def forward(self, x, state):
         """x: (N, S, 47) inputs of S consecutive steps -> mean, std, value (N, S) and the recurrent state."""
         scalars = torch.cat([x[..., META_INPUT[k]] for k in SCALARS], -1)
-        h = torch.cat([torch.relu(self.fc1(x)), scalars], -1)
+        h = torch.cat([torch.relu(self.fc1(x)), scalars], -1)  # [authors' code] ReLU (A.2.2: all others tanh)
         h = torch.cat([torch.relu(self.fc2(h)), scalars], -1)
         h, state = self.lstm(h, state)
         mean = torch.atan(self.mean_head(h)).squeeze(-1)
@@ -355,6 +411,7 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, evaluation=False, on_block=
     steps = L + (args.eval_deterministic_episodes * T if evaluation else 0)
     # every random number of a lifetime (theta's init, the action and A^m noise, the shuffles) comes from its key, so
     # that it is the same in any worker: (TRAIN, seed, update, i), (VALIDATION or EVALUATION, seed, task, repeat)
+    # [ours: the authors' code seeds every worker alike, or not at all]
     generators = [torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0])) for key in keys]
     agents = InnerAgents(n, generators)  # line 6: pi_theta (no inner critic), new for every lifetime
     optimizer = torch.optim.Adam(agents.parameters(), lr=args.learning_rate, eps=1e-5)
@@ -406,7 +463,8 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, evaluation=False, on_block=
 # The outer reward and the meta-advantage estimator (Eq. 1; A.2.2; Table 2's ae.* rows) -----------------------------
 class ShapedRewardNormalizer:
     """The outer reward (A.2.2, reward normalisation): the shaped reward normalised per task class,
-    r~ = r / (running mean of the class's per-step shaped reward + 1e-7) * scale (e_rewards_target_mean)."""
+    r~ = r / (mean of the class's per-step shaped reward + 1e-7) * scale (e_rewards_target_mean). [ours: the exact
+    mean of every reward of the class so far, this batch's included; the authors' code keeps a running mean]"""
 
     def __init__(self, class_names, scale):
         self.scale, self.count, self.mean = scale, {c: 0 for c in class_names}, {c: 0.0 for c in class_names}
@@ -433,7 +491,8 @@ def meta_advantages(rewards, values, args):
     Table 2's: n = ae.starting_n + k ae.skip_rate for k < ae.num_n_step_estimates (2200, 2500, ..., 3700), decay =
     ae.bootstrapping_lambda (0.85). Where none qualifies, the authors' code's fallback horizons (1, 301, ..., 1501);
     where none of those either (the last block, whose rewards feed no update), the Monte-Carlo target
-    sum_{j>=t} g^(ep(j)-ep(t)) r~_j, so the critic learns wherever it bootstraps. Returns A_t and A_t + V_t."""
+    sum_{j>=t} g^(ep(j)-ep(t)) r~_j [ours: the authors' code has NaN there], so the critic learns wherever it
+    bootstraps. Returns A_t and A_t + V_t."""
     L, T, U, g = rewards.shape[1], args.max_episode_steps, args.steps_per_update, args.meta_gamma
     dev = rewards.device
     r, v = rewards.double(), values.double()
@@ -469,9 +528,9 @@ def tbptt_chunks(num_steps, tbptt_len, offset):
 
 
 def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
-    """PPO on phi, truncated BPTT from a lifetime's initial state, one Adam step per chunk of all N lifetimes. The
-    policy and entropy terms use the steps before the last inner update (later rewards feed no update), the value
-    loss every step (the estimator uses all)."""
+    """PPO on phi, truncated BPTT from a lifetime's initial state, one Adam step per chunk of all N lifetimes (Table 2's
+    num_minibatches "0", A.2.2). The policy and entropy terms use the steps before the last inner update (later
+    rewards feed no update), the value loss every step [ours: the estimator bootstraps from V at every step]."""
     x, r, old_logprobs = batch["meta_inputs"], batch["meta_actions"], batch["meta_logprobs"]
     n, L = r.shape
     policy_steps = L - args.steps_per_update
@@ -479,7 +538,8 @@ def outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args):
     adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # normalised over the whole batch
     stats = dict(policy_loss=[], value_loss=[], entropy=[], old_approx_kl=[], approx_kl=[], clipfrac=[])
     for epoch in range(args.meta_update_epochs):
-        offset = int(torch.randint(1, args.tbptt_len + 1, ()))  # torch's CPU generator: restored by --resume
+        # [authors' code] a random first chunk, d in [1, ppo.k], each epoch (torch's generator: --resume restores it)
+        offset = int(torch.randint(1, args.tbptt_len + 1, ()))
         state = meta_net.initial_state(n, x.device)
         kl_sum, kl_count = 0.0, 0
         for a, b in tbptt_chunks(L, args.tbptt_len, offset):
@@ -546,6 +606,16 @@ def evaluate(lifetimes, tasks, meta_net, args, repeats, seed, kind=EVALUATION):
     return rows, first
 
 
+def validate(lifetimes, tasks, meta_net, args):
+    """Table 2's validation: phi's mean teaches one fresh agent per validation goal. Returns the success on the last 4
+    episodes, deterministic, and the score that keeps the best phi [ours: the paper does not say how]: their mean
+    (a later phi is kept only if it scores higher)."""
+    rows, _ = evaluate(lifetimes, tasks, meta_net, args, 1, args.seed, VALIDATION)
+    last4 = float(np.mean([[r[c] for c in success_columns(args)[-5:-1]] for r in rows]))
+    det = float(np.mean([r["success_det"] for r in rows]))
+    return last4, det, (last4 + det) / 2
+
+
 # Algorithm 1 --------------------------------------------------------------------------------------------------------
 def meta_train(args, benchmark, lifetimes, run):
     """Algorithm 1: outer PPO updates of phi on the lifetimes it teaches. `run` (below the banner) keeps the run's
@@ -555,11 +625,16 @@ def meta_train(args, benchmark, lifetimes, run):
     normalizer = ShapedRewardNormalizer(benchmark.train_classes, args.reward_scale)
     task_rng = np.random.default_rng(args.seed)  # line 1: p(M), the train tasks
     run.restore(meta_net, optimizer, normalizer, task_rng)  # --resume: all of it as checkpointed
-    for update in run.updates():  # line 2: here a fixed number of updates (--num-outer-updates)
+    for update in run.updates():  # line 2: --num-outer-updates, or (A.2.2) until validation stops improving
+        if args.val_patience and update - 1 - run.best_update >= args.val_patience:
+            print(f"validation has not improved for {args.val_patience} updates (the best: update {run.best_update}): "
+                  "meta-training stops (A.2.2)")
+            break
         if args.meta_anneal_lr:  # not the paper's: a schedule for short runs (the teaching command)
             optimizer.param_groups[0]["lr"] = (1 - (update - 1) / args.num_outer_updates) * args.meta_learning_rate
+        # line 4: a batch of N tasks from p(M), each lifetime's random numbers drawn from its key
         tasks = sample_tasks(benchmark.train_classes, benchmark.train_tasks, args.lifetimes_per_update, task_rng)
-        keys = [(TRAIN, args.seed, update, i) for i in range(len(tasks))]  # lines 3-4: a meta-batch of N tasks
+        keys = [(TRAIN, args.seed, update, i) for i in range(len(tasks))]
         batch = lifetimes.run(tasks, keys, meta_net, args, progress=run.progress_line(update))  # lines 5-14
         batch = {k: v.to(run.device) for k, v in batch.items()}
         # the outer reward r~ and the meta-advantages A_t of Eq. 1's objective
@@ -575,7 +650,8 @@ def meta_train(args, benchmark, lifetimes, run):
 
 # ====================================================================================================================
 # WHAT RUNS IT: flag checks, lifetime workers (processes or Ray actors), checkpoints and --resume, logs, results, main.
-# Nothing below changes a number of the method above.
+# Nothing below changes a number of the method above: it decides where the lifetimes are lived, what is written and
+# when, and which flags are accepted (tests compare runs on 1, 2 and 3 workers, on Ray and resumed, number for number).
 # ====================================================================================================================
 class ConfigError(ValueError):
     """Bad input (settings or checkpoint): reported as one line and a non-zero exit, before any work is done."""
@@ -605,7 +681,7 @@ def check_args(args):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         args.num_workers = min(cores, args.lifetimes_per_update)
     ranges = {  # what each flag must be (NaN fails every comparison; None is --eval-tasks' default: all)
-        "at least 0": ("num_outer_updates keep_every", lambda x: x >= 0),
+        "at least 0": ("num_outer_updates keep_every val_patience", lambda x: x >= 0),
         "in [0, 2**32 - 1] (numpy's seeds)": ("seed", lambda x: 0 <= x < 2**32),
         "at least 1": ("max_episode_steps lifetime_steps steps_per_update lifetimes_per_update "
                        "tbptt_len num_workers update_epochs num_minibatches meta_update_epochs save_every "
@@ -637,6 +713,8 @@ def check_args(args):
     checks += [
         (len(set(args.eval_seeds)) < len(args.eval_seeds),
          f"--eval-seeds repeats a seed: {' '.join(map(str, args.eval_seeds))}"),
+        (training and args.val_patience and not args.val_every, f"--val-patience {args.val_patience} needs a "
+         "validation: --val-every at least 1"),
         (training and args.eval_network == "best" and not 0 < args.val_every <= args.num_outer_updates,
          f"--eval-network best needs a validation: --val-every between 1 and --num-outer-updates "
          f"({args.num_outer_updates}), got {args.val_every}"),
@@ -647,13 +725,6 @@ def check_args(args):
     for bad, message in checks:
         if bad:
             raise ConfigError(message)
-
-
-def evaluation_tasks(args, benchmark):
-    """The tasks of the final evaluation: the first --eval-tasks of --eval-split, class by class in turn."""
-    classes, tasks = ((benchmark.test_classes, benchmark.test_tasks) if args.eval_split == "test"
-                      else (benchmark.train_classes, benchmark.train_tasks))
-    return sample_tasks(classes, tasks, args.eval_tasks or len(tasks), None, "--eval-tasks")
 
 
 def check_tasks(args, benchmark, trained):
@@ -686,39 +757,6 @@ class Progress:
         line = f"  {self.label} {done}/{self.total} ({elapsed:.0f} s, ETA {elapsed / done * (self.total - done):.0f} s)"
         if tty or self.logged:
             print(f"\r{line}\x1b[K" if tty else line, end="" if tty and done < self.total else "\n", flush=True)
-
-
-# N agents in one batch: each agent's numbers the same whatever N is -------------------------------------------------
-class StackedMLP(nn.Module):
-    """N independent tanh MLPs, one per agent: weights (N, in, out), one batched matmul per layer
-    (a matmul per agent of the same shape whatever N is, so an agent's numbers do not depend on N)."""
-
-    def __init__(self, n, sizes, out_gain, generators=None):
-        super().__init__()
-        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            gain = out_gain if i == len(sizes) - 2 else np.sqrt(2)
-            w = torch.empty(n, fan_out, fan_in)
-            for agent in range(n):  # orthogonal init of each agent's (out, in) matrix, as nn.Linear
-                torch.nn.init.orthogonal_(w[agent], gain, generator=generators[agent] if generators else None)
-            self.weights.append(nn.Parameter(w.transpose(1, 2).contiguous()))
-            self.biases.append(nn.Parameter(torch.zeros(n, 1, fan_out)))
-
-    def forward(self, x):  # x: (N, B, in) -> (N, B, out)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            # a one-output layer as a sum of products: bmm rounds its 1-agent, 1-output case differently
-            x = b + (x * w.transpose(1, 2)).sum(-1, keepdim=True) if w.shape[-1] == 1 else torch.baddbmm(b, x, w)
-            if i < len(self.weights) - 1:
-                x = torch.tanh(x)
-        return x
-
-
-def clip_grad_norm_per_agent_(params, max_norm):
-    """torch.nn.utils.clip_grad_norm_ for each agent's slice (the leading dim) separately."""
-    norms = sum(p.grad.pow(2).flatten(1).sum(1) for p in params).sqrt()  # (N,), summed in the same order for any N
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for p in params:
-        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
 
 
 # Lifetime workers: each lives a share of a batch's lifetimes whole, so no number depends on where or how many -------
@@ -994,7 +1032,8 @@ class Run:
     def __init__(self, args, run_dir, val_tasks, lifetimes, device, ckpt=None):
         self.args, self.dir, self.lifetimes, self.device, self.ckpt = args, run_dir, lifetimes, device, ckpt
         self.csv, self.steps = os.path.join(run_dir, "progress.csv"), args.lifetimes_per_update * args.lifetime_steps
-        self.rows, self.best_val, self.first_update, self.update, self.tb = [], -np.inf, 1, None, None
+        self.rows, self.best_val, self.best_update, self.first_update, self.tb = [], -np.inf, 0, 1, None
+        self.update = None  # the update in progress (an error names it); self.last: the last one done
         self.val_tasks = val_tasks
 
     def restore(self, meta_net, optimizer, normalizer, task_rng):
@@ -1008,6 +1047,8 @@ class Run:
             normalizer.count, normalizer.mean = dict(ckpt["normalizer"]["count"]), dict(ckpt["normalizer"]["mean"])
             set_rng_state(ckpt["rng"], task_rng)
             self.best_val, self.first_update = ckpt["best_val"], ckpt["update"] + 1
+            best = os.path.join(self.dir, "meta_net_best.pt")  # checkpoints before --val-patience lack best_update
+            self.best_update = ckpt.get("best_update", load_checkpoint(best)["update"] if os.path.isfile(best) else 0)
             if not os.path.isfile(self.csv):
                 raise ConfigError(f"the run folder of {self.args.resume} has no progress.csv to continue")
             with open(self.csv, newline="") as f:
@@ -1026,7 +1067,7 @@ class Run:
 
     def updates(self):
         """The updates to run; self.update is the one in progress (an error names it)."""
-        self.start = time.time()
+        self.start, self.last = time.time(), self.first_update - 1
         for self.update in range(self.first_update, self.args.num_outer_updates + 1):
             self.update_start = time.perf_counter()
             yield self.update
@@ -1044,13 +1085,10 @@ class Run:
         self.val = {"val/success_last4": "", "val/success_det": ""}
         if not self.args.val_every or update % self.args.val_every:
             return
-        rows, _ = evaluate(self.lifetimes, self.val_tasks, meta_net, self.args, 1, self.args.seed, VALIDATION)
-        last4 = success_columns(self.args)[-5:-1]  # the last 4 episodes (before success_det)
-        self.val = {"val/success_last4": float(np.mean([[r[c] for c in last4] for r in rows])),
-                    "val/success_det": float(np.mean([r["success_det"] for r in rows]))}
-        score = (self.val["val/success_last4"] + self.val["val/success_det"]) / 2
+        last4, det, score = validate(self.lifetimes, self.val_tasks, meta_net, self.args)
+        self.val = {"val/success_last4": last4, "val/success_det": det}
         if score > self.best_val:
-            self.best_val = score
+            self.best_val, self.best_update = score, update
             save_checkpoint(os.path.join(self.dir, "meta_net_best.pt"), self.args, update, meta_net, val_score=score)
 
     def log(self, update, batch, returns, stats):
@@ -1082,13 +1120,17 @@ class Run:
               f"ETA {eta / 3600:.1f} h", flush=True)
 
     def checkpoint(self, update, meta_net, optimizer, normalizer, task_rng):
-        """Every --save-every updates and at the last: all that --resume needs to continue exactly."""
-        if update % self.args.save_every == 0 or update == self.args.num_outer_updates:
+        """Every --save-every updates and at the last (the last planned, or where --val-patience stops): all that
+        --resume needs to continue exactly."""
+        patience = self.args.val_patience
+        if update % self.args.save_every == 0 or update == self.args.num_outer_updates or \
+                (patience and update - self.best_update >= patience):
             save_checkpoint(os.path.join(self.dir, "checkpoint.pt"), self.args, update, meta_net,
                             optimizer=optimizer.state_dict(), normalizer={"count": normalizer.count,
                                                                           "mean": normalizer.mean},
-                            rng=rng_state(task_rng), best_val=self.best_val)
+                            rng=rng_state(task_rng), best_val=self.best_val, best_update=self.best_update)
         self.keep(update, meta_net)
+        self.last = update
 
     def keep(self, update, meta_net):
         """Every --keep-every updates (and update 0), the network alone as meta_net_uNNN.pt."""
@@ -1100,7 +1142,7 @@ class Run:
             self.tb.close()
 
 
-# Results: eval.csv, its summary and the paper's table row -----------------------------------------------------------
+# Results: eval.csv, its summary and the Results row --------------------------------------------------------------
 def seed_means(rows, columns):
     """(seeds, columns): each evaluation seed's mean over its lifetimes (rows of eval.csv)."""
     seeds = sorted({str(r["seed"]) for r in rows})
@@ -1123,7 +1165,8 @@ def summarize(rows, columns):
 
 
 def table_row(rows, columns):
-    """The paper's table (eps 1-4, 5-8, 9-12, deterministic) -> (mean, std over seeds' means, else stderr)."""
+    """A Results row: success on eps 1-4, 5-8, 9-12 and deterministic (as read from the paper's Figs. 1-3) ->
+    (mean, std over seeds' means, else stderr over lifetimes; NaN for one lifetime)."""
     e = len(columns) - 1
     spans = {f"eps {a + 1}-{min(a + 4, e)}": slice(a, min(a + 4, e)) for a in range(0, e, 4)}
     spans["deterministic"] = slice(e, e + 1)
@@ -1132,7 +1175,7 @@ def table_row(rows, columns):
         return {name: (per_seed[:, s].mean(), per_seed[:, s].mean(1).std(ddof=1)) for name, s in spans.items()}
     values = np.array([[float(r[c]) for c in columns] for r in rows])
     v = {name: values[:, s].mean(1) for name, s in spans.items()}  # per lifetime
-    return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0) for name, x in v.items()}
+    return {name: (x.mean(), x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else np.nan) for name, x in v.items()}
 
 
 def write_csv(path, rows, fieldnames=None):
@@ -1166,7 +1209,7 @@ def write_trace(path, record, args):
 
 
 def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net, network=""):
-    """The paper's table row; network names the evaluated one ("seed S update U") in eval.csv.
+    """The Results row; network names the evaluated one ("seed S update U") in eval.csv.
     The CSVs are rewritten after each seed (a stop keeps those)."""
     tasks, columns, seeds = evaluation_tasks(args, benchmark), success_columns(args), args.eval_seeds or (args.seed,)
     method, rows, first = "advantage", [], None
@@ -1190,13 +1233,14 @@ def run_evaluation(args, run_dir, benchmark, lifetimes, meta_net, network=""):
 
 
 def print_results(args, rows, n_tasks, n_seeds, first, meta_net):
-    """The paper's table row over the rows so far, the success per episode, and the first lifetime's correlations."""
+    """The Results row over the rows so far, the success per episode, and the first lifetime's correlations."""
     method, columns = "advantage", success_columns(args)
     seeds = len({r["seed"] for r in rows})
     spread = f"std over {seeds} evaluation seeds" if seeds > 1 else "standard error over lifetimes"
     print(f"evaluation ({method}, {args.eval_split} tasks): success rate over {len(rows)} lifetimes on {n_tasks} "
           f"tasks (mean +- {spread}){'' if seeds == n_seeds else f'; {seeds} of {n_seeds} seeds'}")
-    print("  " + " | ".join(f"{name} {m:.3f} +- {e:.3f}" for name, (m, e) in table_row(rows, columns).items()))
+    print("  " + " | ".join(f"{name} {m:.3f} " + ("(one lifetime: no standard error)" if np.isnan(e) else f"+- {e:.3f}")
+                            for name, (m, e) in table_row(rows, columns).items()))
     print("  per episode: " + " ".join(f"{m:.2f}" for m in seed_means(rows, columns).mean(0)[:-1]))
     if meta_net is not None:  # the network's signal in the first lifetime, beside the shaped and sparse rewards
         c_shaped, c_sparse = trace_correlations(first, args)
@@ -1236,8 +1280,7 @@ def main(args, given=()):
     meta_net = load_meta_net(args.eval_checkpoint, device, ckpt) if args.eval_checkpoint else None
     lifetimes = (RayLifetimes if args.ray_address else Lifetimes)({**benchmark.train_classes,
                                                                    **benchmark.test_classes}, args)
-    network = "" if mode not in ("meta", "eval") else \
-        f"seed {trained['seed']} update {ckpt['update'] if mode == 'eval' else args.num_outer_updates}"
+    network = f"seed {trained['seed']} update {ckpt['update']}" if mode == "eval" else ""  # eval.csv's name for it
     run, run_dir, evaluating = None, None, False
     try:
         run_dir = os.path.dirname(args.resume) if args.resume else new_run_dir(
@@ -1246,6 +1289,7 @@ def main(args, given=()):
         if mode == "meta":
             run = Run(args, run_dir, val_tasks, lifetimes, device, ckpt if args.resume else None)
             meta_net = meta_train(args, benchmark, lifetimes, run)
+            network = f"seed {args.seed} update {run.last}"
             if args.eval_network == "best":  # the best validated network instead of the last
                 best = os.path.join(run_dir, "meta_net_best.pt")
                 meta_net, update = load_meta_net(best, device), load_checkpoint(best)["update"]
@@ -1292,13 +1336,6 @@ def resumed_args(args, ckpt, given):
         raise ConfigError(f"--num-outer-updates {updates}: {args.resume} already holds update {ckpt['update']}")
     return replace(saved, resume=args.resume, num_workers=args.num_workers, ray_address=args.ray_address,
                    cuda=args.cuda, num_outer_updates=updates)
-
-
-def validation_tasks(args):
-    """Fresh goals of the train classes: the train, then the test goals of another seed's benchmark (ML1 has 50 of
-    each, so Table 2's 60 lifetimes fit)."""
-    val = make_benchmark(args, args.seed + VALIDATION_SEED_OFFSET)
-    return sample_tasks(val.train_classes, val.train_tasks + val.test_tasks, args.val_tasks, None, "--val-tasks")
 
 
 def new_run_dir(name):

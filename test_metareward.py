@@ -1179,6 +1179,33 @@ def test_keep_every_keeps_the_untrained_network_and_every_nth_update(m, tmp_path
 
 
 @both
+def test_val_patience_stops_where_validation_stopped_improving(m, tmp_path, monkeypatch, capsys):
+    """--val-patience P (A.2.2's stopping rule): meta-training ends after the first update P past the best validation
+    (a tie does not improve), with a checkpoint there, evaluated as that update; a resume of the stopped run (also of
+    a checkpoint from before the flag, which lacks best_update) stops at once. Off by default; needs validation."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    scores = iter([0.1, 0.3, 0.2, 0.25, 0.3, 0.9, 0.9, 0.9])  # the best: update 2; update 5 only ties it
+    monkeypatch.setattr(m, "validate", lambda *a: (0.0, 0.0, next(scores)))
+    args = dict(num_outer_updates=8, val_every=1, val_patience=3, save_every=4, eval_tasks=1, eval_repeats=1)
+    run = m.main(tiny_args(m, **args))
+    assert [int(r["update"]) for r in read_csv(os.path.join(run, "progress.csv"))] == [1, 2, 3, 4, 5]
+    assert "validation has not improved for 3 updates (the best: update 2)" in capsys.readouterr().out
+    ckpt = m.load_checkpoint(os.path.join(run, "checkpoint.pt"))
+    assert (ckpt["update"], ckpt["best_update"], m.load_checkpoint(os.path.join(run, "meta_net_best.pt"))["update"]) \
+        == (5, 2, 2)
+    assert {r["network"] for r in read_csv(os.path.join(run, "eval.csv"))} == {"seed 1 update 5"}
+    del ckpt["best_update"]  # as written before --val-patience: the best update comes from meta_net_best.pt
+    torch.save(ckpt, os.path.join(run, "checkpoint.pt"))
+    m.main(tiny_args(m, **args, resume=os.path.join(run, "checkpoint.pt")))
+    assert len(read_csv(os.path.join(run, "progress.csv"))) == 5
+    assert "(the best: update 2): meta-training stops" in capsys.readouterr().out
+    assert m.Args().val_patience == 0
+    with pytest.raises(m.ConfigError, match="--val-patience 3 needs a validation"):
+        tiny_args(m, val_patience=3, val_every=0)
+
+
+@both
 def test_eval_network_best_evaluates_the_best_validated_network(m, tmp_path, monkeypatch):
     """--eval-network best: the run's evaluation is that of its meta_net_best.pt (the same eval.csv rows and
     first-lifetime trace as --eval-checkpoint of that file), not of the last network; without a validation
