@@ -78,7 +78,8 @@ class Args:
     lifetimes_per_update: int = 30
     """N, lifetimes per outer update (num_inner_loops_per_update); also the batch size of evaluation and validation"""
     lifetime_steps: int = 6000
-    """env steps of one lifetime, L: L / --max-episode-steps episodes, 12 at the defaults (Table 1's total_timesteps)"""
+    """env steps of one lifetime, L (Table 1's total_timesteps): L / T episodes, L / U - 1 inner updates (12 and 2 at
+    the defaults); a longer L adds inner updates, each judged by the outer objective over --meta-nsteps steps"""
     meta_learning_rate: float = 5e-5
     """Adam learning rate of the reward network"""
     meta_anneal_lr: bool = False
@@ -86,13 +87,17 @@ class Args:
     meta_gamma: float = 0.9
     """per-episode discount of the outer objective J(phi) (Eq. 1 with A.2.2's per-episode discount)"""
     meta_nsteps: tuple[int, ...] = (2200, 2500, 2800, 3100, 3400, 3700)
-    """horizons n of the n-step meta-advantages A^(n)_t: ae.starting_n 2200, ae.skip_rate 300, 6 estimates"""
+    """horizons n of the n-step meta-advantages A^(n)_t (ae.starting_n 2200, ae.skip_rate 300, 6 estimates); n counts
+    at step t if it reaches past the next inner update, n > U - t mod U: keep them above --steps-per-update"""
     meta_nsteps_fallback: tuple[int, ...] = (1, 301, 601, 901, 1201, 1501)
     """horizons used where no horizon of --meta-nsteps qualifies (the authors' code)"""
     meta_nstep_decay: float = 0.85
     """weight decay over horizons, ae.bootstrapping_lambda: A_t = sum_k 0.85^k A^(n_k) / sum_k 0.85^k"""
     reward_scale: float = 1e-4
     """e_rewards_target_mean: r~ = r / (exact mean of every per-step shaped reward of the class so far + 1e-7) * this"""
+    outer_reward: Literal["shaped", "sparse"] = "shaped"
+    """the reward of the outer objective J(phi): MetaWorld's shaped reward, normalised (the paper's, Sec. 4.1), or the
+    agents' sparse signal r^e as it is (an open question of Sec. 6; see meta_train)"""
     tbptt_len: int = 400
     """truncated-BPTT chunk length of the outer PPO (ppo.k)"""
     meta_update_epochs: int = 12
@@ -668,10 +673,14 @@ def meta_train(args, benchmark, lifetimes, run):
         keys = [(TRAIN, args.seed, update, i) for i in range(len(tasks))]
         batch = lifetimes.run(tasks, keys, meta_net, args, progress=run.progress_line(update))  # lines 5-14
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        # the outer reward r~ and the meta-advantages A_t of Eq. 1's objective
+        # the outer reward r~ and the meta-advantages A_t of Eq. 1's objective. [ours: --outer-reward sparse] r^e as it
+        # is: the normaliser would divide it by its class mean, negative while nothing succeeds, reversing the
+        # objective. r^e is alike for every class, and the outer PPO normalises the advantages over the batch: only
+        # the critic sees its scale (-0.2 to 1 per episode; the normalised shaped reward: about 0.05 = 500 x 1e-4)
         classes = [task.env_name for task in tasks]
         normalizer.update(batch["shaped"], classes)
-        advantages, returns = meta_advantages(normalizer(batch["shaped"], classes), batch["meta_values"], args)
+        outer = normalizer(batch["shaped"], classes) if args.outer_reward == "shaped" else batch["sparse"]
+        advantages, returns = meta_advantages(outer, batch["meta_values"], args)
         stats = outer_ppo_update(meta_net, optimizer, batch, advantages, returns, args)  # line 15
         run.validate(update, meta_net)  # every --val-every updates: held-out lifetimes; the best phi kept
         run.log(update, batch, returns, stats)  # progress.csv, TensorBoard, one line

@@ -1039,6 +1039,23 @@ def test_outer_objective_is_the_running_normalised_shaped_reward(spied_run):
         assert not torch.allclose(batch["sparse"], batch["shaped"])  # the two are told apart
 
 
+@both
+def test_outer_reward_sparse_is_the_sparse_signal_with_its_sign(m, tmp_path, monkeypatch):
+    """--outer-reward sparse: the estimator's rewards are each lifetime's r^e exactly, unnormalised; its mean is
+    negative here (nothing succeeds), so the per-class normaliser would reverse every sign: this fails on it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(m, "make_benchmark", cached_make_benchmark)
+    seen, real_adv, real_ppo = [], m.meta_advantages, m.outer_ppo_update
+    monkeypatch.setattr(m, "meta_advantages", lambda rewards, *a: seen.append(rewards) or real_adv(rewards, *a))
+    monkeypatch.setattr(m, "outer_ppo_update", lambda net, opt, batch, *a: seen.append(batch) or
+                        real_ppo(net, opt, batch, *a))
+    m.main(tiny_args(m, val_every=0, eval_repeats=1, outer_reward="sparse"))
+    assert len(seen) == 4
+    for rewards, batch in zip(seen[::2], seen[1::2]):
+        assert torch.equal(rewards, batch["sparse"]) and batch["sparse"].mean() < 0
+    assert m.Args().outer_reward == "shaped"
+
+
 def test_evaluation_on_test_goals_and_validation_on_fresh_goals(spied_run):
     """The final evaluation runs on test goals, none a train goal; validation on goals of neither split."""
     m, args, seen = spied_run
@@ -1870,18 +1887,21 @@ def exercise_edits():
 
 
 @pytest.mark.parametrize("number", [1, 2, 3])
-def test_each_exercise_is_a_one_line_edit_that_does_what_the_page_says(number, tmp_path, monkeypatch):
-    """The page's edit, applied as written to a copy of metareward.py, changes one line, and in a tiny run
-    (1: the outer objective is the sparse signal as it is, no normaliser; 2: phi's inputs are s_t and zeros;
-    3: r^i_t in training is phi's mean, nothing sampled)."""
+def test_each_exercise_does_what_the_page_says(number, tmp_path, monkeypatch):
+    """Exercise 1 is --outer-reward sparse; 2 and 3 are the page's edits, each applied as written to a copy of
+    metareward.py, changing one line. In a tiny run (1: the outer objective is the sparse signal as it is, no
+    normaliser, so a reversed sign fails; 2: phi's inputs are s_t and zeros; 3: r^i_t in training is phi's mean,
+    nothing sampled)."""
     edits = exercise_edits()
-    assert len(edits) == 3
-    old, new = edits[number - 1]
+    assert len(edits) == 2
+    old, new = edits[number - 2] if number > 1 else ("", "")
     source = open(os.path.join(HERE, "metareward.py")).read()
-    assert source.count(old) == 1
-    diff = [line[0] for line in difflib.ndiff(old.splitlines(), new.splitlines()) if line[0] in "-+"]
-    assert max(diff.count("-"), diff.count("+")) == 1  # one line changed, added or removed
-    (tmp_path / "metareward_exercise.py").write_text(source.replace(old, new))
+    if number > 1:
+        assert source.count(old) == 1
+        diff = [line[0] for line in difflib.ndiff(old.splitlines(), new.splitlines()) if line[0] in "-+"]
+        assert max(diff.count("-"), diff.count("+")) == 1  # one line changed, added or removed
+        source = source.replace(old, new)
+    (tmp_path / "metareward_exercise.py").write_text(source)
     spec = importlib.util.spec_from_file_location("metareward_exercise", tmp_path / "metareward_exercise.py")
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
@@ -1893,13 +1913,13 @@ def test_each_exercise_is_a_one_line_edit_that_does_what_the_page_says(number, t
     monkeypatch.setattr(m, "meta_advantages", lambda rewards, *a: seen.append(dict(rewards=rewards)) or
                         real_adv(rewards, *a))
     monkeypatch.chdir(tmp_path)
-    m.main(tiny_args(m, val_every=0))
+    m.main(tiny_args(m, val_every=0, outer_reward="sparse" if number == 1 else "shaped"))
     training = [(s, n) for s, n in zip(seen, seen[1:]) if "record" in s and not s["evaluation"]]
     assert len(training) == 2 and all("rewards" in n for _, n in training)
     for s, n in training:
         r, x = s["record"], s["record"]["meta_inputs"]
         if number == 1:
-            assert torch.equal(n["rewards"], r["sparse"]) and (r["sparse"] != 0).any()
+            assert torch.equal(n["rewards"], r["sparse"]) and (r["sparse"] < 0).any()  # the sign as r^e's
         elif number == 2:
             assert (x[..., m.OBS_DIM:] == 0).all() and (x[..., :m.OBS_DIM] != 0).any()
         else:
