@@ -2171,6 +2171,257 @@ def test_step_is_forward(m):
     torch.testing.assert_close(torch.stack(stepped, 1), torch.stack([mean, std, value], -1), atol=1e-5, rtol=0)
 
 
+# tools/row.py: each kind of Results row from one command -----------------------------------------------------------
+def load_row():
+    spec = importlib.util.spec_from_file_location("row", os.path.join(HERE, "tools", "row.py"))
+    row = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(row)
+    return row
+
+
+# Each page's tools/row.py commands (the README's: one per kind of row), and how each kind's runs differ from the
+# paper's settings (the script's defaults): as the pages ran them.
+ROW_PAGES = {"README.md": ["network --task door-close-v3 --method intrinsic", "network --task ML10 --method intrinsic",
+                           "baseline --task door-close-v3 --method shaped", "teaching --seeds 1"],
+             **{f"results/{task}/README.md": [f"{kind} --task {task} --method {method}" for kind, method in
+                                               (("network", "intrinsic"), ("network", "advantage"),
+                                                ("baseline", "shaped"), ("baseline", "sparse"))]
+                for task in ("door-close-v3", "button-press-v3", "reach-v3", "ML10")},
+             "results/door-close-v3_teaching/README.md": ["teaching --seeds 1"]}
+
+
+def row_changes(kind, task):
+    """What a run of a row changes from the paper's settings (but the task and seed): the meta-training stopped at
+    update 50 (ML10: 100) with validations every 25 (the default), its best network evaluated on evaluation seed 1,
+    2 lifetimes per test goal (ML10: 1); the baselines' evaluation of 5 seeds x 2 lifetimes per goal in batches of
+    50 (ML10: seed 1, 1 lifetime); the teaching command (tools/teach.py's TEACHING)."""
+    ml10 = task == "ML10"
+    if kind == "network":
+        return {"num_outer_updates": 100 if ml10 else 50, "eval_network": "best",
+                "eval_seeds": (1,), "eval_repeats": 1 if ml10 else 2}
+    if kind == "baseline":
+        return {"eval_repeats": 1} if ml10 else {"eval_seeds": (1, 2, 3, 4, 5), "eval_repeats": 2,
+                                                  "lifetimes_per_update": 50}
+    return dict(lifetimes_per_update=10, meta_learning_rate=3e-4, meta_anneal_lr=True, num_outer_updates=25,
+                val_every=0, eval_repeats=1)
+
+
+def test_row_tool_commands_are_on_the_pages_and_run_the_pages_settings(capsys):
+    """The README's Results section has one tools/row.py command per kind of row (ML1 network, ML10 network,
+    baseline, teaching), each task page its own; each, as a dry run, lists the runs of its page's rows, whose
+    settings differ from the paper's only as row_changes says (the flags given after them replace the page's)."""
+    row = load_row()
+    readme = open(os.path.join(HERE, "README.md")).read()
+    section = readme[readme.index("## Results"):readme.index("\n### ", readme.index("## Results"))]
+    for page, commands in ROW_PAGES.items():
+        text = section if page == "README.md" else open(os.path.join(HERE, page)).read()
+        shown = [line.split("#")[0].split(maxsplit=2)[2].strip() for line in text.splitlines()
+                 if line.startswith("python tools/row.py ")]
+        assert shown == commands, page
+    for words in {c for commands in ROW_PAGES.values() for c in commands}:
+        capsys.readouterr()
+        assert load_row().main(words.split() + ["--dry-run"]) == []
+        runs = [line.split() for line in capsys.readouterr().out.splitlines()]
+        kind = words.split()[0]
+        task = "door-close-v3" if kind == "teaching" else words.split()[2]
+        method = "intrinsic" if kind == "teaching" else words.split()[4]
+        seeds = [1] if kind != "network" else [1] if task == "ML10" else [1, 2, 3]
+        assert len(runs) == len(seeds) if kind != "baseline" else len(runs) == 1, words
+        for seed, run in zip(seeds, runs):
+            script = {"advantage": "metareward_advantage.py"}.get(method, "metareward.py")
+            if kind == "teaching":
+                assert run == ["python", "tools/teach.py", "--seed", str(seed)]
+                run = ["python", "metareward.py"] + row.teach.TEACHING + run[2:]
+            m = ma if script == "metareward_advantage.py" else mr
+            assert run[:2] == ["python", script]
+            args, paper = tyro.cli(m.Args, args=run[2:]), m.Args(benchmark="ML10" if task == "ML10" else None)
+            m.check_args(args), m.check_args(paper)
+            assert (args.benchmark, args.env_name, args.seed) == \
+                (("ML10", paper.env_name) if task == "ML10" else ("ML1", task)) + (seed,)
+            changed = {k: v for k, v in dataclasses.asdict(args).items()
+                       if v != getattr(paper, k) and k not in ("benchmark", "env_name", "seed")}
+            assert changed == {**row_changes(kind, task), **({"inner_reward": method} if kind == "baseline" else
+                                                                     {})}, words
+    assert load_row().with_flags(["--seed", "2", "--eval-seeds", "1", "--eval-repeats", "2"],
+                                 ["--eval-repeats", "1", "--num-workers", "1"]) == \
+        ["--seed", "2", "--eval-seeds", "1", "--eval-repeats", "1", "--num-workers", "1"]
+
+
+def test_row_tool_network_runs_have_the_shipped_networks_settings():
+    """Each shipped network of a Results row (checkpoints/*_updateU.pt) was meta-trained with the settings of its row's
+    run, but where that run stops (50 or 100 updates: the shipped runs were stopped there or kept the best up to
+    there) and what it evaluates; the rest is names, --num-workers (no number depends on it) and flags older
+    checkpoints lack (their defaults)."""
+    row = load_row()
+    how = {"exp_name", "num_outer_updates", "eval_repeats", "eval_seeds", "eval_network", "resume", "num_workers"}
+    defaults = {"ray_address": None, "meta_anneal_lr": False, "keep_every": 0}
+
+    def same(x):  # a checkpoint stores tuples as lists
+        return list(x) if isinstance(x, (tuple, list)) else x
+    files = sorted(glob.glob(os.path.join(HERE, "checkpoints", "*_update*.pt")))
+    assert len(files) == 20
+    for path in files:
+        name = os.path.basename(path)
+        task, m = "ML10" if name.startswith("ML10") else name.split("_")[0], ma if "_advantage_" in name else mr
+        seed = int(re.search(r"_seed(\d+)_", name)[1])
+        (script, argv), = row.commands("network", task, "advantage" if m is ma else "intrinsic", [seed])
+        args = tyro.cli(m.Args, args=argv)
+        m.check_args(args)
+        saved = {**defaults, **torch.load(path, weights_only=False, map_location="cpu")["args"]}
+        differ = {k for k, v in dataclasses.asdict(args).items() if k not in saved or same(v) != same(saved[k])}
+        assert differ <= how and script == f"{m.__name__}.py", (name, differ)
+        updates, repeats = (100, 1) if task == "ML10" else (50, 2)
+        assert (args.num_outer_updates, args.eval_repeats, args.eval_seeds) == (updates, repeats, (1,))
+
+
+def page_row(line):
+    """A results table's row as tools/row.py prints it: the page's bold and the paper's column left out."""
+    cells = line.replace("**", "").strip("| ").split(" | ")
+    return "| " + " | ".join(cells[:6]) + " |"
+
+
+def test_row_tool_prints_the_pages_rows_from_their_csvs():
+    """tools/row.py's row of each kind, from the committed CSVs of the runs that made it, is the page's row (the
+    label of a page's network row also names its shipped file)."""
+    row = load_row()
+
+    def printed(folders, kind, task):
+        rows, _ = pr.load_results([os.path.join(HERE, "results", f) for f in folders])
+        return row.row_lines(rows, kind, task)[2:]
+    table = {line.split(" | ")[0][2:].split(" (`")[0]: page_row(line) for page in
+             ("README.md", "results/door-close-v3/README.md", "results/door-close-v3_teaching/README.md")
+             for line in open(os.path.join(HERE, page)).read().splitlines() if line.startswith("| ")}
+    dc = "door-close-v3/"
+    for folders, kind, task in (([dc + f"intrinsic_seed{s}_update50" for s in (1, 2, 3)], "network", "door-close-v3"),
+                                ([dc + "advantage_seed1_update50", dc + "advantage_seed2_update50",
+                                  dc + "advantage_seed3_update25"], "network", "door-close-v3"),
+                                (["ML10/advantage_seed1_update50"], "network", "ML10"),
+                                ([dc + "ppo_shaped_seeds123", dc + "ppo_shaped_seeds45"], "baseline", "door-close-v3"),
+                                (["ML10/ppo_sparse"], "baseline", "ML10"),
+                                (["door-close-v3_teaching/seed3"], "teaching", "door-close-v3"),
+                                ([f"door-close-v3_teaching/seed{s}" for s in range(1, 6)], "teaching",
+                                 "door-close-v3")):
+        lines = printed(folders, kind, task)
+        assert len(lines) == (1 if len(folders) == 1 or kind == "baseline" else 1 + len(folders))
+        for line in lines:
+            label = line.split(" | ")[0][2:]
+            shown = table[label]
+            assert line == shown if " update " not in label else line.split(" | ")[1:] == shown.split(" | ")[1:], \
+                (line, shown)
+
+
+def row_printed(out):
+    """tools/row.py's printed row table: the lines after its 'the row (...)' line."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("the row ("))
+    return lines[start], lines[start + 1:]
+
+
+def check_row_is_the_tools(lines, folders, options, capsys):
+    """Each printed row is what tools/plot_results.py prints from the run folders' eval.csv: its method's row (or
+    its one network's), then each network's; units x lifetimes, then the success cells."""
+    capsys.readouterr()
+    pr.main(folders + options)
+    printed = capsys.readouterr().out.splitlines()
+    tool = {cells[0]: cells for cells in (line.strip("| ").split(" | ") for line in printed)
+            if len(cells) >= 5 and cells[3].isdigit()}
+    assert lines[0].startswith("| method | networks or seeds x lifetimes | eps 1-4 | eps 5-6 | deterministic |")
+    for line in lines[2:]:
+        cells = line.strip("| ").split(" | ")
+        label = cells[0] if ", seed " in cells[0] else METHOD_LABELS[cells[0].split(" (")[0]]
+        if label not in tool:  # one network: the tool names its row by the method
+            label = label.split(",")[0] if ", seed " in label else next(k for k in tool if k.startswith(label + ", "))
+        networks, seeds, lifetimes = tool[label][1:4]
+        units, each = map(int, cells[1].split(" x "))
+        assert (networks if networks not in ("-", "1") else seeds) == str(units) and int(lifetimes) == units * each
+        assert cells[2:] == tool[label][4:], (line, tool[label])
+
+
+def test_row_tool_network_row_of_an_ml1_task(tmp_path, monkeypatch, capsys):
+    """A tiny ML1 network row (the advantage's; TINY's runs: 2 outer updates, validated every one): a run per seed,
+    each folder with its training curve, its best validated network and that network's eval.csv (evaluation seed
+    1), the same rows as the page's second command, --eval-checkpoint of that network with the page's flags (seed
+    2's); the row is tools/plot_results.py's: mean +- std over the 2 networks, then each network's."""
+    monkeypatch.chdir(tmp_path)
+    row = load_row()
+    folders = row.main(["network", "--task", "door-close-v3", "--method", "advantage", "--seeds", "1", "2"]
+                       + tiny_argv())
+    out = capsys.readouterr().out
+    assert out.startswith("python metareward_advantage.py --env-name door-close-v3 --seed 1 --eval-network best "
+                          f"--eval-seeds 1 {' '.join(tiny_argv())}\n")
+    for seed, folder in zip((1, 2), folders):
+        assert {"progress.csv", "meta_net_best.pt", "eval.csv"} <= set(os.listdir(folder))
+        best = ma.load_checkpoint(os.path.join(folder, "meta_net_best.pt"))["update"]
+        rows = read_csv(os.path.join(folder, "eval.csv"))
+        assert len(rows) == 2 * 2 and {(r["network"], r["seed"]) for r in rows} == {(f"seed {seed} update {best}", "1")}
+    page = ma.cli(["--eval-checkpoint", os.path.join(folder, "meta_net_best.pt"), "--eval-seeds", "1",
+                   "--eval-repeats", "2", "--lifetimes-per-update", "50", "--eval-tasks", "2", "--num-workers", "1"])
+    assert read_csv(os.path.join(page, "eval.csv")) == rows
+    head, lines = row_printed(out)
+    assert head.endswith(f"python tools/plot_results.py {' '.join(folders)} --network-eval-seeds 1")
+    assert len(lines) == 2 + 3
+    assert lines[2].startswith("| meta-learned advantage (mean +- std over 2 networks) | 2 x 4 |")
+    check_row_is_the_tools(lines, folders, NES1, capsys)
+
+
+def test_row_tool_network_row_of_ml10(tmp_path, monkeypatch, capsys):
+    """A tiny ML10 network row: seed 1's run (TINY's 2 updates, validated every one) evaluates its best network on
+    one lifetime per test goal (the first 2), evaluation seed 1; the row, 3 decimals, is tools/plot_results.py's.
+    To build ML10 once, the validation goals come from seed 1's benchmark here (seed 10001's in a real run)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mr, "make_benchmark", lambda args, seed=None: cached_make_benchmark(args, 1))
+    row = load_row()
+    folders = row.main(["network", "--task", "ML10", "--method", "intrinsic"] + tiny_argv(eval_repeats=1))
+    out = capsys.readouterr().out
+    assert out.startswith("python metareward.py --benchmark ML10 --seed 1 --eval-network best --eval-seeds 1 "
+                          f"{' '.join(tiny_argv(eval_repeats=1))}\n")
+    (folder,) = folders
+    rows = read_csv(os.path.join(folder, "eval.csv"))
+    best = mr.load_checkpoint(os.path.join(folder, "meta_net_best.pt"))["update"]
+    assert len(rows) == 2 and {(r["network"], r["seed"]) for r in rows} == {(f"seed 1 update {best}", "1")}
+    assert {r["env_name"] for r in rows} <= set(benchmark_of("ML10").test_classes)
+    head, lines = row_printed(out)
+    assert head.endswith(f"{folder} --network-eval-seeds 1 --decimals 3") and len(lines) == 3
+    assert lines[2].startswith(f"| intrinsic rewards (seed 1, update {best}) | 1 x 2 | 0.000 +- ")
+    check_row_is_the_tools(lines, folders, NES1 + ["--decimals", "3"], capsys)
+
+
+def test_row_tool_baseline_row(tmp_path, monkeypatch, capsys):
+    """A tiny baseline row: the page's one command (PPO sparse, here 2 evaluation seeds x 2 lifetimes on 2 test
+    goals), one folder; the row is tools/plot_results.py's: mean +- std over the seeds."""
+    monkeypatch.chdir(tmp_path)
+    folders = load_row().main(["baseline", "--method", "sparse", "--seeds", "1", "2"] + tiny_argv())
+    out = capsys.readouterr().out
+    assert out.startswith("python metareward.py --env-name door-close-v3 --inner-reward sparse --eval-seeds 1 2 "
+                          f"{' '.join(tiny_argv())}\n")
+    (folder,) = folders
+    rows = read_csv(os.path.join(folder, "eval.csv"))
+    assert [r["seed"] for r in rows] == ["1"] * 4 + ["2"] * 4 and {r["network"] for r in rows} == {""}
+    assert not os.path.exists(os.path.join(folder, "progress.csv"))  # no meta-training
+    head, lines = row_printed(out)
+    assert head.endswith(f"plot_results.py {folder}") and len(lines) == 3
+    assert lines[2].startswith("| PPO sparse | 2 x 4 |")
+    check_row_is_the_tools(lines, folders, [], capsys)
+
+
+def test_row_tool_teaching_row(tmp_path, monkeypatch, capsys):
+    """A tiny teaching row: tools/teach.py --seed 1 (TEACHING, then TINY's flags: 2 updates, no validation) runs,
+    compares and draws; the row is its last network's on seed 1's goals, tools/plot_results.py's."""
+    monkeypatch.chdir(tmp_path)
+    row = load_row()
+    folders = row.main(["teaching", "--seeds", "1"] + tiny_argv(val_every=0))
+    out = capsys.readouterr().out
+    assert out.startswith("python tools/teach.py --seed 1 --max-episode-steps 10 ")
+    assert f"python metareward.py {' '.join(row.teach.TEACHING)} --seed 1 --max-episode-steps 10 " in out
+    (folder,) = folders
+    assert {"progress.csv", "eval.csv", "teaching.png"} <= set(os.listdir(folder))
+    rows = read_csv(os.path.join(folder, "eval.csv"))
+    assert len(rows) == 4 and {(r["network"], r["seed"]) for r in rows} == {("seed 1 update 2", "1")}
+    head, lines = row_printed(out)
+    assert len(lines) == 3 and lines[2].startswith("| intrinsic, seed 1 update 2 | 1 x 4 |")
+    check_row_is_the_tools(lines, folders, [], capsys)
+
+
 # Faults: runs that must not mix, flags --resume would ignore, a full disk -------------------------------------------
 @both
 def test_two_runs_started_in_the_same_second_get_two_folders(m, tmp_path, monkeypatch):
