@@ -443,7 +443,7 @@ def run_lifetimes(envs, tasks, keys, meta_net, args, evaluation=False, on_block=
         sparse[:, t], solved = sparse_reward(success[:, t] > 0, k, solved, T)
         if t < L:
             # phi's input (Sec. 3, as for r^i): x_t = [s_t, a_t, pi(a_t|s_t), r^e_t x 3, d_t x 2, A^m_(t-1)], with
-            # d_t = 1 at an episode's first step; the scale factors 3 and 2 are the authors' code's
+            # d_t = 1 at an episode's first step; [authors' code] the scale factors 3 and 2, no pi^A_phi(A^m_(t-1))
             parts = dict(s=obs[:, t], a=actions[:, t], pi=logprobs[:, t, None].exp(), r_e=3.0 * sparse[:, t, None],
                          d=torch.full((n, 1), 2.0 if k == 0 else 0.0), prev=prev_a[:, None])
             x = torch.cat([parts[name] for name in META_INPUT], 1)  # in META_INPUT's order

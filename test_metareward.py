@@ -2192,12 +2192,13 @@ ROW_PAGES = {"README.md": ["network --task door-close-v3 --method intrinsic", "n
 
 def row_changes(kind, task):
     """What a run of a row changes from the paper's settings (but the task and seed): the meta-training stopped at
-    update 50 (ML10: 100) with validations every 25 (the default), its best network evaluated on evaluation seed 1,
+    update 50 (ML10: 100) with validations of 10 lifetimes (the default then) every 25 (the default), its best
+    network evaluated on evaluation seed 1,
     2 lifetimes per test goal (ML10: 1); the baselines' evaluation of 5 seeds x 2 lifetimes per goal in batches of
     50 (ML10: seed 1, 1 lifetime); the teaching command (tools/teach.py's TEACHING)."""
     ml10 = task == "ML10"
     if kind == "network":
-        return {"num_outer_updates": 100 if ml10 else 50, "eval_network": "best",
+        return {"num_outer_updates": 100 if ml10 else 50, "eval_network": "best", "val_tasks": 10,
                 "eval_seeds": (1,), "eval_repeats": 1 if ml10 else 2}
     if kind == "baseline":
         return {"eval_repeats": 1} if ml10 else {"eval_seeds": (1, 2, 3, 4, 5), "eval_repeats": 2,
@@ -2254,7 +2255,8 @@ def test_row_tool_network_runs_have_the_shipped_networks_settings():
     checkpoints lack (their defaults)."""
     row = load_row()
     how = {"exp_name", "num_outer_updates", "eval_repeats", "eval_seeds", "eval_network", "resume", "num_workers"}
-    defaults = {"ray_address": None, "meta_anneal_lr": False, "keep_every": 0}
+    defaults = {"ray_address": None, "meta_anneal_lr": False, "keep_every": 0, "val_patience": 0,
+                "outer_reward": "shaped"}
 
     def same(x):  # a checkpoint stores tuples as lists
         return list(x) if isinstance(x, (tuple, list)) else x
