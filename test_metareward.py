@@ -2875,7 +2875,9 @@ def test_teaching_page_exercises_table_is_the_runs():
                    if last5 else "-")
         seed = read_csv(os.path.join(folder, "eval.csv"))[0]["seed"]
         assert cells[1:] == [seed, *against_shaped(folder)[0], trained], (cells, folder)
-    for n, (old, new) in enumerate(exercise_edits(), 1):
+    log = open(os.path.join(exercises, "exercise1", "run.log")).read()  # exercise 1, now a flag, ran as the edit that
+    assert 'meta_advantages(batch["sparse"], batch["meta_values"], args)' in log  # computes what the flag does
+    for n, (old, new) in enumerate(exercise_edits(), 2):
         log = open(os.path.join(exercises, f"exercise{n}", "run.log")).read()
         changed = set(old.splitlines()) ^ set(new.splitlines())  # the lines the edit removes or adds
         assert changed and all(line.strip() in log for line in changed), n
