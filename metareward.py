@@ -652,6 +652,11 @@ def validate(lifetimes, tasks, meta_net, args):
     return last4, det, (last4 + det) / 2
 
 
+def patience_over(update, best_update, args):
+    """A.2.2's stopping rule: after `update`, validation has not improved for --val-patience updates (0: never)."""
+    return bool(args.val_patience) and update - best_update >= args.val_patience
+
+
 # Algorithm 1 --------------------------------------------------------------------------------------------------------
 def meta_train(args, benchmark, lifetimes, run):
     """Algorithm 1: outer PPO updates of phi on the lifetimes it teaches. `run` (below the banner) keeps the run's
@@ -662,7 +667,7 @@ def meta_train(args, benchmark, lifetimes, run):
     task_rng = np.random.default_rng(args.seed)  # line 1: p(M), the train tasks
     run.restore(meta_net, optimizer, normalizer, task_rng)  # --resume: all of it as checkpointed
     for update in run.updates():  # line 2: --num-outer-updates, or (A.2.2) until validation stops improving
-        if args.val_patience and update - 1 - run.best_update >= args.val_patience:
+        if patience_over(update - 1, run.best_update, args):
             print(f"validation has not improved for {args.val_patience} updates (the best: update {run.best_update}): "
                   "meta-training stops (A.2.2)")
             break
@@ -1166,9 +1171,8 @@ class Run:
     def checkpoint(self, update, meta_net, optimizer, normalizer, task_rng):
         """Every --save-every updates and at the last (the last planned, or where --val-patience stops): all that
         --resume needs to continue exactly."""
-        patience = self.args.val_patience
         if update % self.args.save_every == 0 or update == self.args.num_outer_updates or \
-                (patience and update - self.best_update >= patience):
+                patience_over(update, self.best_update, self.args):
             save_checkpoint(os.path.join(self.dir, "checkpoint.pt"), self.args, update, meta_net,
                             optimizer=optimizer.state_dict(), normalizer={"count": normalizer.count,
                                                                           "mean": normalizer.mean},
