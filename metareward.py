@@ -11,7 +11,6 @@ import copy
 import csv
 import math
 import multiprocessing as mp
-import multiprocessing.connection
 import os
 import pickle
 import random
@@ -21,6 +20,8 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Optional, Tuple
 
@@ -818,20 +819,17 @@ def live_share(envs, meta_net, tasks, keys, args, evaluation, on_block=None):
     return record, {"env": env, "agents": time.perf_counter() - start - env}
 
 
-def lifetime_worker(remote, classes, max_episode_steps, parent):
-    """A worker process living whole lifetimes on one torch thread, one share per message (Lifetimes.run). It never
-    outlives the main process (pid `parent`), however that ends: a thread checks every second that it is alive."""
+WORKER = {}  # a worker process's environments and progress queue (start_worker)
+
+
+def start_worker(classes, max_episode_steps, parent, blocks):
+    """ProcessPoolExecutor's initializer: a worker process with its own environments, on one torch thread. Ctrl-C is
+    the main process's to handle, and a thread ends the worker once the main process is gone, however it ended."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(1)
-    envs = EnvGroup(classes, max_episode_steps)
-    send = lambda message: remote.send_bytes(pickle.dumps(message))
-    while (job := pickle.loads(remote.recv_bytes())) is not None:
-        try:
-            send(live_share(envs, *job, send))
-        except Exception as e:  # re-raised in the main process
-            send(e)
+    WORKER.update(envs=EnvGroup(classes, max_episode_steps), blocks=blocks)
 
 
 def exit_with_parent(parent):
@@ -840,8 +838,16 @@ def exit_with_parent(parent):
     os._exit(1)
 
 
+def live_in_worker(share, job):
+    """live_share in a worker process, each block reported. The job and the result are pickled here: the pool's
+    queues would send tensors as shared memory, which a stop leaves behind and which made the main process's torch
+    2x slower after (measured: the outer PPO)."""
+    on_block = lambda steps: WORKER["blocks"].put((share, steps))
+    return pickle.dumps(live_share(WORKER["envs"], *pickle.loads(job), on_block))
+
+
 class LifetimeActor:
-    """lifetime_worker as a Ray actor (--ray-address): its own environments, one share of lifetimes per call."""
+    """A worker as a Ray actor (--ray-address): its own environments, one share of lifetimes per call."""
 
     def __init__(self, classes, max_episode_steps):
         torch.set_num_threads(1)
@@ -855,23 +861,21 @@ class LifetimeActor:
 
 
 class Lifetimes:
-    """Lives N lifetimes here (--num-workers 1) or in worker processes, each living a share whole; records in order.
-    `times` holds the last batch's seconds: lifetimes (waiting for them), env and agents (the workers' mean)."""
+    """Lives N lifetimes here (--num-workers 1) or in the worker processes of a ProcessPoolExecutor, each living a
+    share whole; records in order. `times` holds the last batch's seconds: lifetimes (waiting for them), env and
+    agents (the workers' mean)."""
 
     def __init__(self, classes, args):
-        self.num_workers, self.remotes, self.procs, self.times, self.busy = args.num_workers, [], [], {}, {}
+        self.num_workers, self.times, self.futures = args.num_workers, {}, []
         if self.num_workers == 1:
             self.envs = EnvGroup(classes, args.max_episode_steps)
             return
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        for _ in range(self.num_workers):
-            remote, child = ctx.Pipe()
-            proc = ctx.Process(target=lifetime_worker, args=(child, classes, args.max_episode_steps, os.getpid()),
-                               daemon=True)
-            proc.start()
-            child.close()
-            self.remotes.append(remote)
-            self.procs.append(proc)
+        self.blocks = ctx.SimpleQueue()  # (share, steps done) after each block
+        self.pool = ProcessPoolExecutor(self.num_workers, ctx, initializer=start_worker,
+                                        initargs=(classes, args.max_episode_steps, os.getpid(), self.blocks))
+        self.pool.submit(int).result()  # the workers start now, before any thread (TensorBoard's) does
+        self.procs = list(self.pool._processes.values())  # (a private list) to name a dead one, stop busy ones
 
     def run(self, tasks, keys, meta_net, args, evaluation=False, progress=None):
         """The record (N, steps, ...) on the CPU; progress(the slowest worker's steps) after each block."""
@@ -891,50 +895,35 @@ class Lifetimes:
                 return [live_share(self.envs, *jobs[0], progress)]
             finally:
                 torch.set_num_threads(UPDATE_THREADS)
-        self.busy = {remote: w for w, remote in enumerate(self.remotes[:len(jobs)])}
-        for remote, job in zip(self.remotes, jobs):
-            self.talk(remote, job)
-        results, done = [None] * len(jobs), [0] * len(jobs)
-        while self.busy:
-            for remote in mp.connection.wait(list(self.busy)):
-                message = self.talk(remote)
-                if isinstance(message, Exception):  # re-raised here
-                    raise message
-                if isinstance(message, int):  # a worker finished a block
-                    done[self.busy[remote]] = message
-                    if progress and message == min(done):
-                        progress(message)
-                else:
-                    results[self.busy.pop(remote)] = message
-        return results
-
-    def talk(self, remote, message=None):
-        """Send the message, or receive one (pickled here: torch would share tensors through file descriptors that
-        a stop leaves behind); a worker that died says how (WorkerLost)."""
-        try:
-            return pickle.loads(remote.recv_bytes()) if message is None else remote.send_bytes(pickle.dumps(message))
-        except (EOFError, OSError):
-            proc = self.procs[self.remotes.index(remote)]
-            proc.join(timeout=5)
-            how = f"killed by {signal.Signals(-proc.exitcode).name}" if (proc.exitcode or 0) < 0 else \
+        try:  # a worker that died, now or before, breaks the pool
+            self.futures = [self.pool.submit(live_in_worker, w, pickle.dumps(job)) for w, job in enumerate(jobs)]
+            done = [0] * len(jobs)
+            while True:
+                failed = [f for f in self.futures if f.done() and f.exception()]
+                finished = failed or all(f.done() for f in self.futures)
+                while not self.blocks.empty():  # a share finished a block
+                    share, done[share] = self.blocks.get()
+                    if progress and done[share] == min(done):
+                        progress(done[share])
+                if finished:
+                    return [pickle.loads(f.result()) for f in failed + self.futures]  # the first failure re-raised
+                wait(self.futures, timeout=0.1, return_when=FIRST_EXCEPTION)
+        except BrokenProcessPool:  # the pool stops the others
+            for proc in self.procs:
+                proc.join(timeout=10)
+            (w, proc), *_ = [(w, p) for w, p in enumerate(self.procs) if p.exitcode not in (None, -signal.SIGTERM)] \
+                or [(w, p) for w, p in enumerate(self.procs) if p.exitcode is not None]
+            how = f"killed by {signal.Signals(-proc.exitcode).name}" if proc.exitcode < 0 else \
                 f"exit status {proc.exitcode}"
-            raise WorkerLost(f"lifetime worker {self.procs.index(proc) + 1} of {len(self.procs)} (pid {proc.pid}) "
-                             f"died ({how})") from None
+            raise WorkerLost(f"lifetime worker {w + 1} of {len(self.procs)} (pid {proc.pid}) died ({how})") from None
 
     def close(self):
-        """Stop the workers: at once if a batch was cut short (an error, a stop), else when they have read this."""
-        for remote, proc in zip(self.remotes, self.procs):
-            if self.busy:  # living lifetimes that nobody will read
-                proc.terminate()
-            else:
-                try:
-                    remote.send_bytes(pickle.dumps(None))
-                except OSError:
-                    pass
-        for proc in self.procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
+        """Stop the workers: at once if a batch was cut short (an error, a stop), else when they are idle."""
+        if self.num_workers > 1:
+            if not all(f.done() for f in self.futures):  # living lifetimes that nobody will read
+                for proc in self.procs:
+                    proc.terminate()
+            self.pool.shutdown(cancel_futures=True)
 
 
 RAY_WAIT = 10  # seconds a Ray head has to answer --ray-address

@@ -262,7 +262,7 @@ def test_network_input_is_the_papers_tuple_on_real_lifetimes(m, ml1, monkeypatch
     tasks = m.sample_tasks(ml1.train_classes, ml1.train_tasks, 2, np.random.default_rng(1))
     envs = RecordingEnvs(m.EnvGroup(ml1.train_classes, T))
     torch.manual_seed(0)
-    torch.set_num_threads(1)  # as in every process that lives lifetimes (Lifetimes.run, lifetime_worker)
+    torch.set_num_threads(1)  # as in every process that lives lifetimes (Lifetimes.run, start_worker)
     try:
         record = m.run_lifetimes(envs, tasks, train_keys(m, 2), m.MetaNet(args.meta_std_scale), args)
     finally:
@@ -904,7 +904,7 @@ def test_a_lifetime_alone_equals_the_same_lifetime_in_a_batch(m, ml1, evaluation
     net = m.MetaNet(args.meta_std_scale)
     run = lambda idx: m.run_lifetimes(m.EnvGroup(ml1.train_classes, args.max_episode_steps), [tasks[i] for i in idx],
                                       [keys[i] for i in idx], net, args, evaluation)
-    torch.set_num_threads(1)  # as in every process that lives lifetimes (Lifetimes.run, lifetime_worker)
+    torch.set_num_threads(1)  # as in every process that lives lifetimes (Lifetimes.run, start_worker)
     try:
         batch, alone, other = run([0, 1, 2]), [run([0]), run([2])], run([2, 1, 0])
     finally:
