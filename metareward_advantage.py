@@ -876,8 +876,9 @@ class Lifetimes:
         except BrokenProcessPool:  # the pool stops the others
             for proc in self.procs:
                 proc.join(timeout=10)
-            (w, proc), *_ = [(w, p) for w, p in enumerate(self.procs) if p.exitcode not in (None, -signal.SIGTERM)] \
-                or [(w, p) for w, p in enumerate(self.procs) if p.exitcode is not None]
+            # the dead one: not ended by the pool's SIGTERM (if all were, the first)
+            w = next((w for w, p in enumerate(self.procs) if p.exitcode not in (None, -signal.SIGTERM)), 0)
+            proc = self.procs[w]
             how = f"killed by {signal.Signals(-proc.exitcode).name}" if proc.exitcode < 0 else \
                 f"exit status {proc.exitcode}"
             raise WorkerLost(f"lifetime worker {w + 1} of {len(self.procs)} (pid {proc.pid}) died ({how})") from None
