@@ -1490,6 +1490,33 @@ def test_results_table_and_figure(tmp_path, monkeypatch):
     assert titles == ["train classes", "test tasks"]  # --title, and the default
 
 
+def test_labels_tell_apart_two_objectives_networks(tmp_path, capsys):
+    """--labels: two folders of networks with the same names (seed S update 25 of two objectives) are refused as
+    one method's duplicates, and with one label per folder become two methods, each its own row and units."""
+    ones, zeros = [1] * 12, [0] * 12
+    folders = []
+    for name, eps in (("a1", ones), ("a2", ones), ("b1", zeros), ("b2", zeros)):
+        folders.append(str(tmp_path / name))
+        os.makedirs(folders[-1])
+        rows = [{**r, "env_name": "door-close-v3", "network": f"seed {name[1]} update 25"}
+                for r in fake_eval_rows("intrinsic", {1: [(eps, 1.0)]})]
+        with open(os.path.join(folders[-1], "eval.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    with pytest.raises(pr.ConfigError, match="both hold intrinsic rows of network seed 1 update 25"):
+        pr.load_results(folders)
+    with pytest.raises(pr.ConfigError, match="4 runs but 3 --labels"):
+        pr.load_results(folders, ["A", "A", "B"])
+    capsys.readouterr()
+    pr.main(folders + ["--labels", "A", "A", "B", "B"])
+    out = capsys.readouterr().out.splitlines()
+    assert "| A | 2 | 1 | 2 | 1.00 +- 0.00 | 1.00 +- 0.00 | 1.00 +- 0.00 | 1.00 +- 0.00 |" in out
+    assert "| B | 2 | 1 | 2 | 0.00 +- 0.00 | 0.00 +- 0.00 | 0.00 +- 0.00 | 1.00 +- 0.00 |" in out
+    assert "| A, seed 2 update 25 | 1 | 1 | 1 | 1.00 +- 0.00 | 1.00 +- 0.00 | 1.00 +- 0.00 | 1.00 +- 0.00 |" in out
+    assert "| A (2) - B (2) | eps 9-12 | +1.00 | - | - | - | - |" in out  # no spread: no test
+
+
 def test_error_bars_are_over_networks_when_a_method_has_several():
     """The paper's error bar: 3 networks of a method, one with 2 evaluation seeds, give mean +- std over the
     3 networks' means (a network's mean: over its seeds' means); each network's own row follows."""
@@ -1699,6 +1726,14 @@ RESULTS_SECTIONS = [
     ("results/ML10/README.md", "## The meta-training runs", None,
      (["checkpoints/ML10_seed1", "checkpoints/ML10_advantage_seed1"], ["--labels", "intrinsic", "advantage", "--block",
                                                                        "5"]), "curves"),
+    ("results/future_work/README.md", "## The networks on the lifetimes they were meta-trained on (12 episodes, two "
+     "inner updates)", (["future_work/teach_seed?/", "door-close-v3/ppo_shaped*/"], []), None,
+     "methods networks comparison"),
+    ("results/future_work/README.md", "## Longer lifetimes: 16 episodes, three inner updates",
+     (["future_work/teach_seed*_L8000/", "future_work/shaped_seed*_L8000/"], []), None, "methods networks comparison"),
+    ("results/future_work/README.md", "## Longer lifetimes: 24 episodes, five inner updates",
+     (["future_work/teach_seed*_L12000/", "future_work/shaped_seed*_L12000/"], []), None,
+     "methods networks comparison"),
     ("results/door-close-v3_teaching/README.md", "## The five networks against the baselines",
      (["door-close-v3_teaching/*/", "door-close-v3/ppo_*/"], []), None, "methods networks comparison"),
     ("results/door-close-v3_teaching/README.md", "## The five runs", None,
@@ -1768,10 +1803,10 @@ def test_every_results_table_is_what_the_tools_print(tmp_path, monkeypatch, caps
             runs = [run for f in folders for run in sorted(glob.glob(os.path.join(HERE, "results", f)))]
             out = printed(pr.main, runs + options)
         rows = {cells[0]: cells for cells in (line.strip("| ").split(" | ") for line in out)
-                if len(cells) == 8 and cells[3].isdigit()}  # the tool's method and network rows
+                if len(cells) >= 8 and cells[3].isdigit()}  # the tool's method and network rows (4+ columns)
         shown = set()
         for header, lines in tables:
-            if header[0] == "method":  # label, networks or seeds x lifetimes, 4 success columns (, the paper's)
+            if header[0] == "method":  # label, networks or seeds x lifetimes, the success columns (, the paper's)
                 for line in lines:
                     cells = line.replace("**", "").strip("| ").split(" | ")
                     label = cells[0].split(" (")[0]
@@ -1780,7 +1815,7 @@ def test_every_results_table_is_what_the_tools_print(tmp_path, monkeypatch, caps
                     units, lifetimes = map(int, cells[1].split(" x "))
                     n_networks, n_seeds = rows[key][1:3]
                     assert (n_networks if n_networks not in ("-", "1") else n_seeds) == str(units), f"{where}: {line}"
-                    assert rows[key][3:] == [str(units * lifetimes)] + cells[2:6], f"{where}: {line}"
+                    assert rows[key][3:] == [str(units * lifetimes)] + cells[2:len(rows[key]) - 2], f"{where}: {line}"
                     shown.add(key)
             elif header[0] in ("comparison", "episode", "class"):  # the lines as printed, under their header
                 assert all(line in out for line in lines), f"{where}: {[l for l in lines if l not in out]}"

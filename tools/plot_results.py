@@ -16,6 +16,7 @@ Every number is rounded to its decimals half up (away from zero) on its decimal 
     python tools/plot_results.py runs/RUN_A runs/RUN_B --plot-file /tmp/results.png
     python tools/plot_results.py runs/NET_SEED1 runs/NET_SEED2 runs/NET_SEED3   # 3 networks: mean +- std over them
     python tools/plot_results.py results/button-press-v3/*/ --network-eval-seeds 1   # every network on seed 1 only
+    python tools/plot_results.py runs/A1 runs/A2 runs/B1 runs/B2 --labels A A B B  # two objectives' networks
 
 Needs numpy only; the figure needs matplotlib (pip install matplotlib). Bad input: one line, exit 2.
 """
@@ -51,16 +52,19 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def load_results(paths):
+def load_results(paths, labels=None):
     """The rows of each run folder's eval.csv (or of the eval.csv files given), and the first trace
-    file found beside them (None if there is none). One network's (or baseline's) evaluation seed may
-    come from one file only: the same rows twice are refused, not merged."""
+    file found beside them (None if there is none). labels: one per path, its rows' method instead of
+    eval.csv's inner_reward (two objectives' networks in one table). One network's (or baseline's)
+    evaluation seed may come from one file only: the same rows twice are refused, not merged."""
+    if labels and len(labels) != len(paths):
+        raise ConfigError(f"{len(paths)} runs but {len(labels)} --labels")
     rows, trace, source = [], None, {}
-    for path in paths:
+    for k, path in enumerate(paths):
         file = os.path.join(path, "eval.csv") if os.path.isdir(path) else path
         if not (os.path.isfile(file) and file.endswith(".csv")):
             raise ConfigError(f"no eval.csv at {path}")
-        new = read_csv(file)
+        new = [{**r, "inner_reward": labels[k]} if labels else r for r in read_csv(file)]
         for key in dict.fromkeys((r["inner_reward"], r.get("network", ""), r["seed"]) for r in new):
             if source.setdefault(key, file) != file:
                 network = f" of network {key[1]}" if key[1] else ""
@@ -316,7 +320,9 @@ def plot_results(rows, trace, path, title="test tasks"):
         highest = max(highest, float((per_unit.mean(0) + std).max()))
         ax.errorbar(np.arange(1, len(columns) + 1), per_unit.mean(0), yerr=std, capsize=3, marker="o",
                     label=f"{method} ({len(per_unit)} {unit}{'s' * (len(per_unit) > 1)})")
-    ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) for e in range(1, len(columns))] + ["det"])
+    every = 1 if len(columns) <= 13 else 2  # longer lifetimes (--lifetime-steps): every other episode labelled
+    ax.set_xticks(np.arange(1, len(columns) + 1), [str(e) if (e - 1) % every == 0 else "" for e in
+                                                   range(1, len(columns))] + ["det"])
     top = success_top(highest)
     ax.set(xlabel="episode of the lifetime", ylabel="success rate", ylim=(-0.02 * top, 1.02 * top), title=title)
     ax.legend()
@@ -351,12 +357,14 @@ def main(argv=None):
     parser.add_argument("--compare-with", nargs="*", default=["shaped"], metavar="BASELINE",
                         help="baselines (eval.csv's inner_reward) each meta-learned method is tested against, over "
                              "the baseline's evaluation seeds; none: only the methods against each other")
+    parser.add_argument("--labels", nargs="+", metavar="LABEL",
+                        help="one method name per run, instead of eval.csv's inner_reward (e.g. two objectives)")
     parser.add_argument("--decimals", type=int, default=2, help="decimals of the results and class tables (ML10's "
                                                                    "successes are near 0.01: 3)")
     parser.add_argument("--title", default="test tasks", help="the figure's left panel: whose lifetimes these are")
     args = parser.parse_args(argv)
     try:
-        rows, trace = load_results(args.runs)
+        rows, trace = load_results(args.runs, args.labels)
         if args.network_eval_seeds:
             rows = select_network_seeds(rows, args.network_eval_seeds)
         if not rows:
