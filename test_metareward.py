@@ -1909,6 +1909,15 @@ def test_teach_tool_runs_the_teaching_flags_then_compares_and_draws(tmp_path, mo
         assert all(abs(float(v) - w) <= tol for v, w, tol in zip(shown.groups(), want, [5e-4 + 1e-9] * 3 + [0.05])), \
             (line, want)
     assert out[-1] == f"wrote {run / 'teaching.png'}" and (run / "teaching.png").read_bytes()[:4] == b"\x89PNG"
+    # another --env-name: that task's baselines, not door-close's
+    text = (run / "eval.csv").read_text()
+    (run / "eval.csv").write_text(text.replace("door-close-v3", "button-press-v3"))
+    teach.report(str(run))
+    out = capsys.readouterr().out.splitlines()
+    shaped = [r for r in read_csv(os.path.join(HERE, "results", "button-press-v3", "ppo_shaped", "eval.csv"))]
+    base = np.mean([np.mean([float(r[f"success_ep{e:02d}"]) for e in (9, 10, 11, 12)]) for r in shaped])
+    assert out[0] == "against PPO shaped (button-press's baseline, seed 1's test goals):"
+    assert f"PPO shaped {base:.3f}:" in out[1], (out[1], base)
 
 
 TEACHING_PAGE = os.path.join(HERE, "results", "door-close-v3_teaching", "README.md")

@@ -9,7 +9,8 @@ It prints the metareward.py command it runs (TEACHING: the paper's lifetimes, in
 smaller outer loop), the run's usual output, then the network against PPO shaped, and draws RUN/teaching.png:
 the training curve (the meta-batch's success on episodes 9-12 and its shaped return, per outer update) and the
 evaluated network's success per episode beside PPO shaped and PPO sparse. The baselines are this repository's
-door-close runs (results/door-close-v3/ppo_*: 5 seeds x 100 lifetimes and 100 lifetimes, seed 1's test goals).
+door-close runs (results/door-close-v3/ppo_*: 5 seeds x 100 lifetimes and 100 lifetimes, seed 1's test goals);
+with --env-name, that task's (results/TASK/ppo_*).
 The figure needs matplotlib (pip install matplotlib); without it, the text only.
 """
 import csv
@@ -26,8 +27,8 @@ import metareward  # noqa: E402  (the repository's script, beside this folder)
 
 TEACHING = ["--lifetimes-per-update", "10", "--meta-learning-rate", "3e-4", "--meta-anneal-lr", "--num-outer-updates",
             "25", "--val-every", "0", "--eval-repeats", "1"]
-BASELINES = {"PPO shaped": "results/door-close-v3/ppo_shaped_seeds*/eval.csv",
-             "PPO sparse": "results/door-close-v3/ppo_sparse/eval.csv"}
+BASELINES = {"PPO shaped": "results/{task}/ppo_shaped*/eval.csv",  # the evaluated task's, from its results page
+             "PPO sparse": "results/{task}/ppo_sparse/eval.csv"}
 
 
 def read_csv(path):
@@ -101,12 +102,13 @@ def report(run_dir):
     """After the run: the network against PPO shaped, and the figure RUN/teaching.png."""
     rows = read_csv(os.path.join(run_dir, "eval.csv"))
     columns = [c for c in rows[0] if c.startswith("success_")]  # episodes 1..E, then det
-    baselines = {label: [r for path in sorted(glob.glob(os.path.join(ROOT, pattern))) for r in read_csv(path)]
-                 for label, pattern in BASELINES.items()}
+    task = rows[0]["env_name"]  # --env-name's baselines, not door-close's
+    baselines = {label: [r for path in sorted(glob.glob(os.path.join(ROOT, pattern.format(task=task))))
+                         for r in read_csv(path)] for label, pattern in BASELINES.items()}
     if not all(baselines.values()):
-        print(f"no baselines under {os.path.join(ROOT, 'results', 'door-close-v3')}: nothing to compare with")
+        print(f"no baselines under {os.path.join(ROOT, 'results', task)}: nothing to compare with")
         return
-    print("against PPO shaped (door-close's baseline, seed 1's test goals):")
+    print(f"against PPO shaped ({task.removesuffix('-v3')}'s baseline, seed 1's test goals):")
     print("\n".join(verdict(rows, baselines["PPO shaped"], columns)))
     path = os.path.join(run_dir, "teaching.png")
     try:
