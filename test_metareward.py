@@ -1498,12 +1498,8 @@ def test_labels_tell_apart_two_objectives_networks(tmp_path, capsys):
     for name, eps in (("a1", ones), ("a2", ones), ("b1", zeros), ("b2", zeros)):
         folders.append(str(tmp_path / name))
         os.makedirs(folders[-1])
-        rows = [{**r, "env_name": "door-close-v3", "network": f"seed {name[1]} update 25"}
-                for r in fake_eval_rows("intrinsic", {1: [(eps, 1.0)]})]
-        with open(os.path.join(folders[-1], "eval.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        mr.write_csv(os.path.join(folders[-1], "eval.csv"), [{**r, "env_name": "door-close-v3", "network":
+                     f"seed {name[1]} update 25"} for r in fake_eval_rows("intrinsic", {1: [(eps, 1.0)]})])
     with pytest.raises(pr.ConfigError, match="both hold intrinsic rows of network seed 1 update 25"):
         pr.load_results(folders)
     with pytest.raises(pr.ConfigError, match="4 runs but 3 --labels"):
